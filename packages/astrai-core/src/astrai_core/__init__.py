@@ -1,0 +1,24 @@
+"""AstrAI core: the model config, the Transformer, the tokenizer and checkpoints."""
+
+from .__about__ import __version__
+from .checkpoint import Checkpoint, load_checkpoint, model_state_dict, save_checkpoint
+from .config import PRESETS, ModelConfig
+from .model import KVCache, Transformer
+from .tokenizer import CHAT_ROLES, IM_END, IM_START, Tokenizer, detect_language
+
+__all__ = [
+    "CHAT_ROLES",
+    "IM_END",
+    "IM_START",
+    "PRESETS",
+    "Checkpoint",
+    "KVCache",
+    "ModelConfig",
+    "Tokenizer",
+    "Transformer",
+    "__version__",
+    "detect_language",
+    "load_checkpoint",
+    "model_state_dict",
+    "save_checkpoint",
+]
