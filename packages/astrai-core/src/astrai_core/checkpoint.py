@@ -129,7 +129,7 @@ def load_checkpoint(
         model.lm_head.weight = model.embed_tokens.weight
     _check_loaded(model, path)
     # RoPE tables are not stored; rebuild them on the target device.
-    model.rope_cos, model.rope_sin = (t.to(device) for t in _rope_tables(config))
+    model.init_rope(device)
     if dtype is not None:
         model.to(dtype)
     with open(path / WEIGHTS_FILE, "rb") as handle:
@@ -138,12 +138,6 @@ def load_checkpoint(
     tokenizer_path = path / TOKENIZER_FILE
     tokenizer = Tokenizer(tokenizer_path) if tokenizer_path.is_file() else None
     return Checkpoint(model=model.eval(), config=config, tokenizer=tokenizer, path=path, metadata=metadata)
-
-
-def _rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    from .model import rope_frequencies
-
-    return rope_frequencies(config.head_dim, config.max_len, config.rope_theta)
 
 
 def _check_loaded(model: Transformer, path: Path) -> None:

@@ -170,11 +170,26 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        cos, sin = rope_frequencies(config.head_dim, config.max_len, config.rope_theta)
         # Not persistent: the tables are recomputed from the config, so checkpoints stay small.
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.init_rope()
         self.reset_parameters()
+
+    def init_rope(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the RoPE tables in float32 on ``device`` (default: where the embedding is)."""
+        device = device if device is not None else self.embed_tokens.weight.device
+        config = self.config
+        cos, sin = rope_frequencies(config.head_dim, config.max_len, config.rope_theta)
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) would also cast the RoPE tables; bf16 angles drift at long positions, so the
+        # tables are rebuilt in float32 on the new device instead.
+        super()._apply(fn, recurse)
+        if not self.embed_tokens.weight.is_meta:
+            self.init_rope()
+        return self
 
     def reset_parameters(self) -> None:
         """Initialise weights as GPT-2 does: N(0, 0.02), residual outputs scaled by depth."""

@@ -1,0 +1,89 @@
+import pytest
+import torch
+from astrai_core import ModelConfig, Transformer
+
+
+def make_model(**overrides) -> Transformer:
+    fields = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, dim_ffn=64, max_len=64)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(**fields)).eval()
+
+
+VARIANTS = [
+    {},
+    {"use_qk_norm": True},
+    {"use_gated_attention": True},
+    {"tie_embeddings": False},
+    {"n_kv_heads": 4},
+    {"n_kv_heads": 1, "use_qk_norm": True, "use_gated_attention": True},
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_logits_shape(overrides):
+    model = make_model(**overrides)
+    logits = model(torch.randint(0, 97, (3, 11)))["logits"]
+    assert logits.shape == (3, 11, 97)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_kv_cache_matches_full_forward(overrides):
+    model = make_model(**overrides)
+    tokens = torch.randint(0, 97, (2, 12))
+    full = model(tokens)["logits"]
+    cache = model.make_kv_cache(batch_size=2)
+    pieces = [model(tokens[:, :5], kv_cache=cache)["logits"]]
+    for t in range(5, 12):
+        pieces.append(model(tokens[:, t : t + 1], kv_cache=cache)["logits"])
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_causality():
+    model = make_model()
+    tokens = torch.randint(0, 97, (1, 10))
+    changed = tokens.clone()
+    changed[0, 7] = (changed[0, 7] + 1) % 97
+    before, after = model(tokens)["logits"], model(changed)["logits"]
+    torch.testing.assert_close(before[:, :7], after[:, :7])
+    assert not torch.allclose(before[:, 7:], after[:, 7:])
+
+
+def test_left_padding_matches_unpadded():
+    model = make_model()
+    tokens = torch.randint(4, 97, (1, 6))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), tokens], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    expected = model(tokens)["logits"]
+    got = model(padded, position_ids=positions, attention_mask=mask)["logits"][:, 3:]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tied_embeddings_share_storage():
+    model = make_model(tie_embeddings=True)
+    assert model.lm_head.weight.data_ptr() == model.embed_tokens.weight.data_ptr()
+    untied = make_model(tie_embeddings=False)
+    assert untied.lm_head.weight.data_ptr() != untied.embed_tokens.weight.data_ptr()
+
+
+def test_too_long_input_raises():
+    model = make_model(max_len=16)
+    with pytest.raises(ValueError, match="max_len=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_bfloat16_forward_runs():
+    model = make_model().to(torch.bfloat16)
+    logits = model(torch.randint(0, 97, (2, 8)))["logits"]
+    assert logits.dtype == torch.bfloat16
+    assert torch.isfinite(logits.float()).all()
+
+
+def test_backward_reaches_every_parameter():
+    model = make_model(use_qk_norm=True, use_gated_attention=True, tie_embeddings=False).train()
+    model(torch.randint(0, 97, (2, 8)))["logits"].sum().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert missing == []
