@@ -87,3 +87,15 @@ def test_backward_reaches_every_parameter():
     model(torch.randint(0, 97, (2, 8)))["logits"].sum().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None]
     assert missing == []
+
+
+def test_cache_drop_left_keeps_later_positions():
+    model = make_model()
+    cache = model.make_kv_cache(batch_size=1)
+    model(torch.randint(0, 97, (1, 6)), kv_cache=cache)
+    tail = cache.keys[:, :, :, 2:6].clone()
+    cache.drop_left(2)
+    assert cache.length == 4
+    assert torch.equal(cache.keys[:, :, :, :4], tail)
+    with pytest.raises(ValueError, match="cannot drop"):
+        cache.drop_left(5)

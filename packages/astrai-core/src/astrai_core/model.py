@@ -82,6 +82,18 @@ class KVCache:
         self.values[layer, :, :, start:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
+    def drop_left(self, count: int) -> None:
+        """Remove the first ``count`` positions of every row, shifting the rest to the start.
+
+        Used when the leading positions are padding that no remaining row needs.
+        """
+        if not 0 <= count <= self.length:
+            raise ValueError(f"cannot drop {count} positions from a cache holding {self.length}")
+        end = self.length
+        for tensor in (self.keys, self.values):  # (layers, B, K, max_len, D)
+            tensor[:, :, :, : end - count] = tensor[:, :, :, count:end].clone()
+        self.length = end - count
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep only the batch rows in ``rows`` (for dropping finished sequences)."""
         self.keys = self.keys[:, rows]

@@ -1,0 +1,300 @@
+"""``Generator``: text in, text out, for one model and its tokenizer.
+
+Design choices:
+- A prompt is text (encoded with a leading bos), a list of token ids (used as given), or a list of
+  ``{"role", "content"}`` messages (chat template plus an open assistant turn). Prompts are checked
+  before any model work, and every problem with one raises ``ValueError``, because prompts usually
+  come from request data.
+- Every call goes through the same KV-cached decoding loop (``_decoding.decode_tokens``): a single
+  prompt is a batch of one, and a stream is that loop read one token at a time.
+- Settings come as a ``GenerationConfig`` plus keyword overrides, so a caller can keep one config and
+  change a field per call: ``generate(prompt, config, max_new_tokens=20)``.
+- A seeded call draws from its own ``torch.Generator`` on the model's device. The same seed,
+  prompt and settings give the same tokens in ``complete`` and ``stream`` on the same device and
+  dtype. A seeded batch draws every row from one generator, so its sampled rows differ from
+  the same prompts run one by one. Greedy batches match one-by-one decoding, unless padding
+  changes float rounding enough to flip a near-tie between two logits.
+- Nothing here is tied to the CPU: tensors follow the model's device, so
+  ``Generator.from_checkpoint(path, device="cuda", dtype=torch.bfloat16)`` decodes on the GPU.
+  NOTE: the tests run on CPU only, so the GPU path has not been run by them.
+- One call at a time: every public method acquires a ``threading.Lock`` while it uses the model.
+  Concurrent threads (for example Flask request threads) queue instead of running at once. This
+  bounds memory to one KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from astrai_core import Tokenizer, Transformer, load_checkpoint
+
+from ._decoding import TokenEvent, decode_tokens
+from ._detokenize import IncrementalDetokenizer
+from .config import GenerationConfig
+
+Prompt = str | Sequence[int] | Sequence[dict]
+
+
+@dataclass
+class Completion:
+    """The result of a finished generation.
+
+    Attributes:
+        text: The generated text, decoded from ``token_ids``.
+        token_ids: The generated ids, without the stop token.
+        prompt_tokens: Length of the encoded prompt, in tokens.
+        finish_reason: ``"stop"`` when the model generated a stop id, ``"length"`` when
+            ``max_new_tokens`` was reached or the model's context was full.
+    """
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class StreamChunk:
+    """One step of a streamed generation.
+
+    Attributes:
+        text: New text since the previous chunk. It never ends inside a UTF-8 character and may be
+            ``""`` while a character's bytes are still arriving.
+        prompt_tokens: Length of the encoded prompt, in tokens.
+        completion_tokens: Number of ids generated so far, not counting a stop id.
+        finish_reason: ``None`` on every chunk except the last, which has ``"stop"`` or ``"length"``
+            as in ``Completion``.
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+
+
+class Generator:
+    """Generates text from a ``Transformer`` and the ``Tokenizer`` it was trained with.
+
+    A Generator serves one call at a time. Each public method holds an internal lock while it
+    runs, so calls from other threads wait their turn. A stream holds the lock from its first
+    chunk until it is exhausted or closed. Finish or close a stream before making another call from
+    the same thread, or that call waits forever.
+
+    Args:
+        model: The model; it is switched to eval mode.
+        tokenizer: The tokenizer whose ids the model was trained on.
+
+    Raises:
+        ValueError: The tokenizer has more ids than the model's vocabulary.
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                f"{model.config.vocab_size}; load the tokenizer that was saved with this model"
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> Generator:
+        """Load a checkpoint directory written by ``astrai_core.save_checkpoint``.
+
+        Args:
+            path: The checkpoint directory; it must contain ``tokenizer.model``.
+            device: Where to run the model, for example ``"cpu"`` or ``"cuda"``.
+            dtype: Cast the weights to this dtype (for example ``torch.bfloat16``), or ``None`` to
+                keep the saved dtype.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a checkpoint directory.
+            ValueError: The checkpoint has no tokenizer or its files do not match.
+        """
+        checkpoint = load_checkpoint(path, device=device, dtype=dtype)
+        if checkpoint.tokenizer is None:
+            raise ValueError(
+                f"checkpoint {checkpoint.path} has no tokenizer.model; save it with "
+                "save_checkpoint(path, model, tokenizer) so generation can encode prompts"
+            )
+        return cls(checkpoint.model, checkpoint.tokenizer)
+
+    # Whole completions
+
+    def complete(
+        self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any
+    ) -> Completion:
+        """Generate a completion for one prompt.
+
+        Args:
+            prompt: Text, a list of token ids, or a list of ``{"role", "content"}`` chat messages.
+            config: Generation settings; ``None`` for the defaults of ``GenerationConfig``.
+            **overrides: Fields of ``GenerationConfig`` that replace those of ``config``.
+
+        Returns:
+            The generated text and ids, the prompt length and why generation stopped.
+
+        Raises:
+            ValueError: The prompt is malformed or leaves no room in the model's context, or a
+                setting is out of range.
+            TypeError: An override is not a field of ``GenerationConfig``.
+        """
+        config = _resolve_config(config, overrides)
+        ids = self._encode_prompt(prompt, "prompt")
+        with self._lock:
+            return self._complete_batch([ids], config)[0]
+
+    def generate(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> str:
+        """Return the text of ``complete(prompt, config, **overrides)``."""
+        return self.complete(prompt, config, **overrides).text
+
+    def complete_batch(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any
+    ) -> list[Completion]:
+        """Generate completions for several prompts in one left-padded batch.
+
+        Rows leave the batch as they finish. With greedy decoding (``temperature=0``) each result
+        equals ``complete`` on that prompt alone. Takes the same arguments and raises the same
+        errors as ``complete``; errors name the prompt's index.
+
+        Returns:
+            One ``Completion`` per prompt, in the order of ``prompts``.
+        """
+        config = _resolve_config(config, overrides)
+        if not isinstance(prompts, (list, tuple)):
+            raise ValueError(
+                f"prompts must be a list of prompts, got {type(prompts).__name__}; "
+                "use complete() for a single prompt"
+            )
+        ids = [self._encode_prompt(prompt, f"prompts[{index}]") for index, prompt in enumerate(prompts)]
+        if not ids:
+            return []
+        with self._lock:
+            return self._complete_batch(ids, config)
+
+    def generate_batch(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, **overrides: Any
+    ) -> list[str]:
+        """Return the texts of ``complete_batch(prompts, config, **overrides)``."""
+        return [completion.text for completion in self.complete_batch(prompts, config, **overrides)]
+
+    # Streaming
+
+    def stream(
+        self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any
+    ) -> Iterator[StreamChunk]:
+        """Generate for one prompt, yielding a chunk per generated token.
+
+        When a stop id ends generation, one more chunk without a new token closes the stream. The
+        last chunk carries the ``finish_reason``. The chunks' texts joined together equal
+        ``generate`` with the same seed and settings, and no chunk's text ends inside a UTF-8
+        character. The prompt and settings are checked when this is called, so errors raise before
+        the first chunk. The lock is held from the first chunk until the iterator is exhausted or
+        closed.
+
+        Takes the same arguments and raises the same errors as ``complete``.
+        """
+        config = _resolve_config(config, overrides)
+        ids = self._encode_prompt(prompt, "prompt")
+        return self._stream(ids, config)
+
+    def stream_generate(
+        self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any
+    ) -> Iterator[str]:
+        """Yield the non-empty texts of ``stream(prompt, config, **overrides)``."""
+        return (chunk.text for chunk in self.stream(prompt, config, **overrides) if chunk.text)
+
+    # Internals
+
+    def _complete_batch(self, prompts: list[list[int]], config: GenerationConfig) -> list[Completion]:
+        token_ids: list[list[int]] = [[] for _ in prompts]
+        finish_reasons = [""] * len(prompts)
+        for event in self._decode(prompts, config):
+            if event.token_id is not None:
+                token_ids[event.row].append(event.token_id)
+            if event.finish_reason is not None:
+                finish_reasons[event.row] = event.finish_reason
+        return [
+            Completion(self.tokenizer.decode(ids), ids, len(prompt), reason)
+            for prompt, ids, reason in zip(prompts, token_ids, finish_reasons)
+        ]
+
+    def _stream(self, prompt: list[int], config: GenerationConfig) -> Iterator[StreamChunk]:
+        with self._lock:
+            detokenizer = IncrementalDetokenizer(self.tokenizer)
+            completion_tokens = 0
+            for event in self._decode([prompt], config):
+                text = ""
+                if event.token_id is not None:
+                    completion_tokens += 1
+                    text = detokenizer.push(event.token_id)
+                if event.finish_reason is not None:
+                    text += detokenizer.flush()
+                yield StreamChunk(text, len(prompt), completion_tokens, event.finish_reason)
+
+    def _decode(self, prompts: list[list[int]], config: GenerationConfig) -> Iterator[TokenEvent]:
+        """Run the decoding loop, with a generator seeded for this call when ``config.seed`` is set."""
+        seeded = None if config.seed is None else torch.Generator(device=self.device).manual_seed(config.seed)
+        stop_ids, vocab_size = self.tokenizer.stop_ids, self.tokenizer.vocab_size
+        return decode_tokens(self.model, prompts, config, stop_ids, vocab_size, seeded)
+
+    def _encode_prompt(self, prompt: Prompt, name: str) -> list[int]:
+        """Turn a prompt into token ids and check that it fits the model; ``name`` labels errors."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_bos=True)
+        elif not isinstance(prompt, (list, tuple)):
+            raise ValueError(
+                f"{name} must be a string, a list of token ids or a list of chat messages, "
+                f"got {type(prompt).__name__}"
+            )
+        elif not prompt:
+            raise ValueError(f"{name} is an empty list; pass text, token ids or chat messages")
+        elif all(isinstance(message, dict) for message in prompt):
+            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+        else:
+            ids = list(prompt)
+            self._check_token_ids(ids, name)
+
+        max_len = self.model.config.max_len
+        if len(ids) >= max_len:
+            raise ValueError(
+                f"{name} is {len(ids)} tokens long, but the model's max_len is {max_len} and must "
+                f"leave room for at least one new token; shorten it to at most {max_len - 1} tokens"
+            )
+        return ids
+
+    def _check_token_ids(self, ids: list, name: str) -> None:
+        vocab_size = self.model.config.vocab_size
+        for token_id in ids:
+            if isinstance(token_id, bool) or not isinstance(token_id, int):
+                raise ValueError(
+                    f"{name} must contain only token ids (int) or only chat messages (dict), "
+                    f"found {token_id!r}"
+                )
+            if not 0 <= token_id < vocab_size:
+                raise ValueError(
+                    f"{name} contains token id {token_id}, but the model's vocabulary has ids 0 to "
+                    f"{vocab_size - 1}"
+                )
+
+
+def _resolve_config(config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
+    """Return ``config`` (or the defaults) with ``overrides`` applied and validated."""
+    if config is None:
+        config = GenerationConfig()
+    elif not isinstance(config, GenerationConfig):
+        raise TypeError(f"config must be a GenerationConfig or None, got {type(config).__name__}")
+    return config.replace(**overrides) if overrides else config
