@@ -1,0 +1,300 @@
+"""The ``astrai-data`` command line: train a tokenizer, pack a corpus, inspect a packed file.
+
+Design choices:
+- A click group, one command per task. Results and summaries go to stdout, progress and warnings go
+  to stderr, so ``astrai-data inspect FILE > report.txt`` captures only the report.
+- Invalid options are click usage errors (exit code 2). Errors from the library (an invalid record,
+  a damaged file, a tokenizer mismatch, a file system error) become one ``Error: ...`` line and exit
+  code 1. Their messages already name the file and the fix, and a traceback would bury that.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from itertools import groupby
+from pathlib import Path
+
+import click
+from astrai_core import Tokenizer
+
+from .__about__ import __version__
+from .corpus import Corpus
+from .dataset import PackedDataset
+from .format import COUNT_FIELDS
+from .packing import pack_corpus
+from .tokenizer_training import measure_compression, train_tokenizer
+
+MASK_OPEN, MASK_CLOSE = "⟦", "⟧"
+
+
+@contextmanager
+def _library_errors() -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
+def _format_bytes(size: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="astrai-data")
+def main() -> None:
+    """Prepare AstrAI training data: train a tokenizer, pack a corpus into token windows, inspect them."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+
+
+skip_invalid_option = click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Skip and count invalid records (bad UTF-8 or JSON, missing fields, empty documents) "
+    "instead of stopping at the first one.",
+)
+
+
+@main.command()
+@click.argument("corpus_path", metavar="CORPUS", type=click.Path(exists=True, path_type=Path))
+@click.argument("output", metavar="OUT.arrow", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--tokenizer",
+    "tokenizer_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="SentencePiece .model file, as written by 'astrai-data tokenizer train'.",
+)
+@click.option(
+    "--seq-len",
+    default=512,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Model context length in tokens; each stored window has seq-len + 1 tokens.",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "text", "chat"]),
+    default="auto",
+    show_default=True,
+    help="Records to pack: text documents, chat conversations, or auto to detect the kind from the "
+    "files (fails if the corpus has both).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tokenizer processes; 1 tokenizes in the main process.  [default: number of CPUs]",
+)
+@skip_invalid_option
+def pack(
+    corpus_path: Path,
+    output: Path,
+    tokenizer_path: Path,
+    seq_len: int,
+    kind: str,
+    workers: int | None,
+    skip_invalid: bool,
+) -> None:
+    """Tokenize CORPUS into windows of seq-len + 1 tokens and write them to OUT.arrow.
+
+    CORPUS is a folder, searched recursively, of .txt files (one document each) and .jsonl files
+    (one {"text": ...} or {"messages": [...]} record per line), or a single such file.
+    """
+    with _library_errors():
+        tokenizer = Tokenizer(tokenizer_path)
+        corpus = Corpus(corpus_path, kind=kind, skip_invalid=skip_invalid)
+        click.echo(
+            f"packing {corpus.kind} records from {corpus_path}: {_count(len(corpus.files), 'file')}, "
+            f"{_format_bytes(corpus.total_bytes)}",
+            err=True,
+        )
+        if corpus.left_out:
+            click.echo(f"leaving out {_count(len(corpus.left_out), 'file')} of the other kind", err=True)
+        with click.progressbar(length=corpus.total_bytes, label="tokenizing", file=sys.stderr) as bar:
+            stats = pack_corpus(
+                corpus, tokenizer, output, seq_len=seq_len, workers=workers, on_progress=bar.update
+            )
+
+    rows = [
+        ("output", str(stats.output)),
+        ("kind", stats.kind),
+        ("documents", f"{stats.documents:,}"),
+        ("tokens", f"{stats.tokens:,}"),
+        ("windows", f"{stats.windows:,} of {stats.seq_len + 1} tokens"),
+        ("skipped", f"{stats.skipped:,}"),
+        ("truncated", f"{stats.truncated:,}"),
+        ("dropped", f"{stats.dropped:,}"),
+        ("bytes", f"{stats.output_bytes:,} ({_format_bytes(stats.output_bytes)})"),
+        ("seconds", f"{stats.seconds:.2f}"),
+        ("tokens/s", f"{stats.tokens_per_second:,.0f}"),
+    ]
+    _echo_table(rows)
+
+
+@main.group("tokenizer")
+def tokenizer_group() -> None:
+    """Train the SentencePiece tokenizer."""
+
+
+@tokenizer_group.command("train")
+@click.argument("corpus_path", metavar="CORPUS", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the SentencePiece .model file.",
+)
+@click.option(
+    "--vocab-size",
+    default=8192,
+    show_default=True,
+    type=click.IntRange(min=300),
+    help="Number of tokens, including the 256 byte tokens and the special tokens.",
+)
+@click.option(
+    "--max-sentences",
+    default=300_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Lines sampled from the corpus for training; bounds training time and memory.",
+)
+@skip_invalid_option
+def train(corpus_path: Path, output: Path, vocab_size: int, max_sentences: int, skip_invalid: bool) -> None:
+    """Train a BPE tokenizer on every text in CORPUS and report its compression per language.
+
+    Training uses the .txt documents, the text of .jsonl text records and the content of every chat
+    message. The report gives characters per token on Chinese and on English documents. A Chinese
+    character carries more than an English letter, so Chinese has fewer characters per token even
+    with a good vocabulary. Below 1.0 for Chinese means many characters fall back to their UTF-8 bytes.
+    """
+    started = time.perf_counter()
+    with _library_errors():
+        corpus = Corpus(corpus_path, kind="any", skip_invalid=skip_invalid)
+        click.echo(
+            f"training a {vocab_size:,}-token tokenizer on {corpus_path}: "
+            f"{_count(len(corpus.files), 'file')}, {_format_bytes(corpus.total_bytes)}",
+            err=True,
+        )
+        tokenizer = train_tokenizer(corpus, output, vocab_size=vocab_size, max_sentences=max_sentences)
+        click.echo("measuring characters per token", err=True)
+        compression = measure_compression(tokenizer, corpus)
+    seconds = time.perf_counter() - started
+
+    click.echo(
+        f"wrote {output} ({_format_bytes(output.stat().st_size)}, vocab {tokenizer.vocab_size:,}) "
+        f"in {seconds:.1f} s"
+    )
+    if corpus.skipped:
+        click.echo(f"skipped {_count(corpus.skipped, 'invalid record')}")
+    rows = [("language", "documents", "chars/token")]
+    for result in compression.values():
+        measured = (
+            "" if result.measured_documents == result.documents else f" (on {result.measured_documents:,})"
+        )
+        ratio = "no documents" if result.chars_per_token is None else f"{result.chars_per_token:.2f}"
+        rows.append((result.language, f"{result.documents:,}{measured}", ratio))
+    _echo_table(rows)
+
+
+@main.command()
+@click.argument("file", metavar="FILE.arrow", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--show",
+    type=int,
+    default=None,
+    metavar="N",
+    help=f"Also print window N decoded, with the tokens of loss mask 0 between {MASK_OPEN} and {MASK_CLOSE} "
+    "(needs --tokenizer).",
+)
+@click.option(
+    "--tokenizer",
+    "tokenizer_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The tokenizer the file was packed with; checked against the file's fingerprint.",
+)
+def inspect(file: Path, show: int | None, tokenizer_path: Path | None) -> None:
+    """Print the metadata and counts of a packed FILE.arrow, and optionally one decoded window."""
+    if show is not None and tokenizer_path is None:
+        raise click.UsageError("--show needs --tokenizer TOK.model to decode the window")
+    with _library_errors():
+        dataset = PackedDataset(file)
+        tokenizer = Tokenizer(tokenizer_path) if tokenizer_path is not None else None
+        if tokenizer is not None:
+            dataset.check_tokenizer(tokenizer)
+    if show is not None and not 0 <= show < len(dataset):
+        raise click.BadParameter(
+            f"window {show} is out of range; the file has {_count(len(dataset), 'window')} "
+            f"(0 to {len(dataset) - 1})",
+            param_hint="--show",
+        )
+
+    metadata = dataset.metadata
+    rows = [
+        ("file", str(file)),
+        ("kind", metadata["kind"]),
+        ("seq_len", str(metadata["seq_len"])),
+        ("vocab_size", f"{metadata['vocab_size']:,}"),
+        ("tokenizer", metadata["tokenizer_sha256"][:16] + (" (matches)" if tokenizer is not None else "")),
+        ("astrai-data", metadata["astrai_data_version"]),
+    ]
+    rows += [(name, f"{metadata['counts'][name]:,}") for name in COUNT_FIELDS]
+    _echo_table(rows)
+
+    if show is not None and tokenizer is not None:
+        input_ids, loss_mask = dataset.window(show)
+        click.echo(f"\nwindow {show} ({MASK_OPEN}...{MASK_CLOSE}: loss mask 0, not trained on):")
+        click.echo(_render_window(tokenizer, input_ids.tolist(), loss_mask.tolist()))
+
+
+def _echo_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
+        click.echo("  ".join(cells))
+
+
+def _render_window(tokenizer: Tokenizer, ids: list[int], loss_mask: list[int]) -> str:
+    """Decode a window, putting each run of loss-mask-0 tokens between the mask brackets."""
+    parts = []
+    for masked_out, run in groupby(zip(ids, loss_mask, strict=True), key=lambda pair: pair[1] == 0):
+        text = _decode_visible(tokenizer, [token_id for token_id, _ in run])
+        parts.append(f"{MASK_OPEN}{text}{MASK_CLOSE}" if masked_out else text)
+    return "".join(parts)
+
+
+def _decode_visible(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """Decode ids like ``Tokenizer.decode`` but show special tokens, which it drops, by their piece.
+
+    A repeated special token (padding) is shown once with a count, e.g. ``<pad>×37``.
+    """
+    special = {
+        tokenizer.bos_id,
+        tokenizer.eos_id,
+        tokenizer.pad_id,
+        tokenizer.im_start_id,
+        tokenizer.im_end_id,
+    }
+    parts = []
+    for is_special, run in groupby(ids, key=lambda token_id: token_id in special):
+        if not is_special:
+            parts.append(tokenizer.decode(list(run)))
+            continue
+        for token_id, repeats in groupby(run):
+            count = len(list(repeats))
+            piece = tokenizer.id_to_piece(token_id)
+            parts.append(piece if count == 1 else f"{piece}×{count}")
+    return "".join(parts)
