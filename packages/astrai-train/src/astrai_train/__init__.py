@@ -1,0 +1,35 @@
+"""AstrAI training: configs, the trainer, strategies, schedules and callbacks."""
+
+from .__about__ import __version__
+from .callbacks import CheckpointCallback, MetricLoggerCallback, ProgressCallback, TrainCallback
+from .config import OptimizerConfig, ScheduleConfig, TrainConfig
+from .context import TrainContext, TrainContextBuilder, latest_checkpoint
+from .sampler import ResumableRandomSampler
+from .schedule import build_scheduler, lr_multiplier
+from .strategy import BaseStrategy, LossOutput, SEQStrategy, SFTStrategy, StrategyFactory
+from .trainer import Trainer, default_callbacks, evaluate_loss
+
+__all__ = [
+    "BaseStrategy",
+    "CheckpointCallback",
+    "LossOutput",
+    "MetricLoggerCallback",
+    "OptimizerConfig",
+    "ProgressCallback",
+    "ResumableRandomSampler",
+    "SEQStrategy",
+    "SFTStrategy",
+    "ScheduleConfig",
+    "StrategyFactory",
+    "TrainCallback",
+    "TrainConfig",
+    "TrainContext",
+    "TrainContextBuilder",
+    "Trainer",
+    "__version__",
+    "build_scheduler",
+    "default_callbacks",
+    "evaluate_loss",
+    "latest_checkpoint",
+    "lr_multiplier",
+]

@@ -1,0 +1,146 @@
+"""Callbacks: checkpointing, metric logs and progress lines, plugged into the trainer's loop.
+
+The trainer calls each hook on every callback in order. A callback reads what it needs from the
+trainer (``trainer.context``, ``trainer.config``) and never changes the training maths, so a run's
+losses do not depend on which callbacks are attached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from astrai_core import save_checkpoint
+
+from .context import STEP_DIR
+from .state import write_training_state
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+class TrainCallback:
+    """Base class; override the hooks you need."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class CheckpointCallback(TrainCallback):
+    """Saves ``step-N/`` every ``ckpt_interval`` steps (keeping the newest few) and ``final/`` at the end."""
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        interval = trainer.config.ckpt_interval
+        step = trainer.context.step
+        if interval and step % interval == 0 and step < trainer.config.max_steps:
+            self.save(trainer, Path(trainer.config.out_dir) / f"step-{step}")
+            self._remove_old(Path(trainer.config.out_dir), trainer.config.keep_checkpoints)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        out_dir = Path(trainer.config.out_dir)
+        self.save(trainer, out_dir / f"step-{trainer.context.step}")
+        self._remove_old(out_dir, trainer.config.keep_checkpoints)
+        path = save_checkpoint(
+            out_dir / "final",
+            trainer.context.model,
+            trainer.context.tokenizer,
+            metadata={"step": trainer.context.step},
+        )
+        logger.info("saved the final model to %s", path)
+
+    @staticmethod
+    def save(trainer: Trainer, path: Path) -> None:
+        context = trainer.context
+        progress = {
+            "step": context.step,
+            "consumed_samples": context.sampler.consumed,
+            "config": trainer.config.to_dict(),
+        }
+        save_checkpoint(
+            path,
+            context.model,
+            context.tokenizer,
+            metadata={"step": context.step},
+            extra_files=lambda tmp: write_training_state(tmp, context.optimizer, context.scheduler, progress),
+        )
+        logger.info("saved checkpoint %s", path)
+
+    @staticmethod
+    def _remove_old(out_dir: Path, keep: int) -> None:
+        steps = sorted(
+            (int(match.group(1)), path)
+            for path in out_dir.glob("step-*")
+            if (match := STEP_DIR.match(path.name))
+        )
+        for _, path in steps[: max(len(steps) - max(keep, 1), 0)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class MetricLoggerCallback(TrainCallback):
+    """Appends one JSON object per logged step and per evaluation to ``out_dir/metrics.jsonl``."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.path = Path(trainer.config.out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if metrics.get("logged"):
+            self._write({k: v for k, v in metrics.items() if k != "logged"})
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self._write(metrics)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+class ProgressCallback(TrainCallback):
+    """Logs one line per logged step: ``step 120/4000 | loss 2.341 | lr 3.0e-04 | 41.2k tok/s | eta 3m``."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.start_time = time.perf_counter()
+        self.start_step = trainer.context.step
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if not metrics.get("logged"):
+            return
+        step, max_steps = metrics["step"], trainer.config.max_steps
+        elapsed = time.perf_counter() - self.start_time
+        done = max(step - self.start_step, 1)
+        eta = elapsed / done * (max_steps - step)
+        logger.info(
+            "step %d/%d | loss %.3f | lr %.1e | %s tok/s | eta %s",
+            step,
+            max_steps,
+            metrics["loss"],
+            metrics["lr"],
+            _compact(metrics["tokens_per_second"]),
+            _duration(eta),
+        )
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        logger.info("step %d | held-out loss %.3f (%d tokens)", metrics["step"], metrics["val_loss"], metrics["val_tokens"])
+
+
+def _compact(value: float) -> str:
+    return f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

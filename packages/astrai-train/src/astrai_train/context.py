@@ -1,0 +1,213 @@
+"""Assembling everything a run needs into one ``TrainContext``.
+
+``TrainContextBuilder`` does the set-up steps in a fixed order, each as a method that returns the
+builder, so a test or a custom script can replace one step (say, pass its own model) and keep the
+rest:
+
+    context = (TrainContextBuilder(config)
+               .with_tokenizer().with_model().with_dataloader()
+               .with_optimizer().with_strategy().with_checkpoint()
+               .build())
+
+``build()`` runs every step that was not called explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from astrai_core import Tokenizer, Transformer, load_checkpoint
+from astrai_data import PackedDataset
+from torch.utils.data import DataLoader
+
+from .config import TrainConfig
+from .sampler import ResumableRandomSampler
+from .schedule import build_scheduler
+from .state import is_training_checkpoint, read_training_state
+from .strategy import BaseStrategy, StrategyFactory
+
+logger = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainContext:
+    """The live state of a run: the model and everything that feeds or updates it."""
+
+    config: TrainConfig
+    model: Transformer
+    tokenizer: Tokenizer
+    strategy: BaseStrategy
+    dataset: PackedDataset
+    sampler: ResumableRandomSampler
+    dataloader: DataLoader
+    val_dataset: PackedDataset | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    step: int = 0
+    resumed_from: Path | None = None
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """Return the ``step-N`` directory with the highest N under ``out_dir``, if any is complete."""
+    candidates = []
+    for path in Path(out_dir).glob("step-*"):
+        match = STEP_DIR.match(path.name)
+        if match and is_training_checkpoint(path):
+            candidates.append((int(match.group(1)), path))
+    return max(candidates)[1] if candidates else None
+
+
+class TrainContextBuilder:
+    """Builds a ``TrainContext`` from a ``TrainConfig`` step by step."""
+
+    def __init__(self, config: TrainConfig, resume: bool = True):
+        """``resume=False`` makes ``build()`` start fresh even if ``out_dir`` has checkpoints."""
+        self.config = config
+        self.device = torch.device(config.device)
+        self.tokenizer: Tokenizer | None = None
+        self.model: Transformer | None = None
+        self.dataset: PackedDataset | None = None
+        self.val_dataset: PackedDataset | None = None
+        self.sampler: ResumableRandomSampler | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.strategy: BaseStrategy | None = None
+        self.resume_from: Path | None = None
+        self._resume_checked = not resume
+        self.step = 0
+
+    def with_tokenizer(self, tokenizer: Tokenizer | None = None) -> TrainContextBuilder:
+        if tokenizer is None:
+            if self.config.tokenizer:
+                tokenizer = Tokenizer(self.config.tokenizer)
+            elif self.config.init_from:
+                tokenizer = load_checkpoint(self.config.init_from).tokenizer
+            if tokenizer is None:
+                raise ValueError(
+                    "TrainConfig.tokenizer is not set and init_from has no tokenizer.model; "
+                    "set tokenizer to the .model file the dataset was packed with"
+                )
+        self.tokenizer = tokenizer
+        return self
+
+    def with_model(self, model: Transformer | None = None) -> TrainContextBuilder:
+        if self.tokenizer is None:
+            self.with_tokenizer()
+        if model is None:
+            torch.manual_seed(self.config.seed)
+            if self.config.init_from:
+                model = load_checkpoint(self.config.init_from, device=self.device).model
+                logger.info("starting from the weights in %s", self.config.init_from)
+            else:
+                model = Transformer(self.config.model_config(vocab_size=self.tokenizer.vocab_size))
+        if model.config.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(
+                f"the model has vocab_size={model.config.vocab_size} but the tokenizer has "
+                f"{self.tokenizer.vocab_size} tokens; use the tokenizer the model was trained with"
+            )
+        self.model = model.to(self.device).train()
+        return self
+
+    def with_dataloader(self) -> TrainContextBuilder:
+        if self.tokenizer is None:
+            self.with_tokenizer()
+        self.dataset = PackedDataset(self.config.dataset)
+        self.dataset.check_tokenizer(self.tokenizer)
+        if self.config.val_dataset:
+            self.val_dataset = PackedDataset(self.config.val_dataset)
+            self.val_dataset.check_tokenizer(self.tokenizer)
+        max_len = self.model.config.max_len if self.model is not None else None
+        if max_len is not None and self.dataset.seq_len > max_len:
+            raise ValueError(
+                f"{self.config.dataset} has windows of {self.dataset.seq_len} tokens but the model's "
+                f"max_len is {max_len}; repack with --seq-len {max_len} or use a longer model"
+            )
+        self.sampler = ResumableRandomSampler(len(self.dataset), seed=self.config.seed)
+        return self
+
+    def with_optimizer(self) -> TrainContextBuilder:
+        if self.model is None:
+            self.with_model()
+        opt = self.config.optimizer
+        # Weight decay applies to matrices only; norms' gains are left alone, as in GPT-2 and Llama.
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": opt.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        self.scheduler = build_scheduler(self.optimizer, self.config.max_steps, self.config.schedule)
+        return self
+
+    def with_strategy(self) -> TrainContextBuilder:
+        if self.model is None:
+            self.with_model()
+        self.strategy = StrategyFactory.create(
+            self.config.strategy, self.model, self.device, **self.config.strategy_options
+        )
+        return self
+
+    def with_checkpoint(self, path: str | Path | None = None) -> TrainContextBuilder:
+        """Resume from ``path``, or from the latest ``step-N`` in ``out_dir`` when ``path`` is None."""
+        self._resume_checked = True
+        path = Path(path) if path is not None else latest_checkpoint(self.config.out_dir)
+        if path is None:
+            return self
+        if self.model is None:
+            self.with_model()
+        if self.dataset is None:
+            self.with_dataloader()
+        if self.optimizer is None:
+            self.with_optimizer()
+        checkpoint = load_checkpoint(path, device=self.device)
+        self.model.load_state_dict(checkpoint.model.state_dict())
+        progress = read_training_state(path, self.optimizer, self.scheduler)
+        self.step = progress["step"]
+        self.sampler.consumed = progress["consumed_samples"]
+        self.resume_from = path
+        logger.info("resuming from %s at step %d", path, self.step)
+        return self
+
+    def build(self) -> TrainContext:
+        if self.tokenizer is None:
+            self.with_tokenizer()
+        if self.model is None:
+            self.with_model()
+        if self.dataset is None:
+            self.with_dataloader()
+        if self.optimizer is None:
+            self.with_optimizer()
+        if self.strategy is None:
+            self.with_strategy()
+        if not self._resume_checked:
+            self.with_checkpoint()
+        dataloader = DataLoader(
+            self.dataset,
+            batch_size=self.config.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+        )
+        return TrainContext(
+            config=self.config,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            strategy=self.strategy,
+            dataset=self.dataset,
+            sampler=self.sampler,
+            dataloader=dataloader,
+            val_dataset=self.val_dataset,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            device=self.device,
+            step=self.step,
+            resumed_from=self.resume_from,
+        )

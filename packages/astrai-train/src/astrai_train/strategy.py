@@ -1,0 +1,124 @@
+"""Training strategies: each turns a batch into a loss and a few metrics.
+
+Design choices:
+- A strategy owns only the objective. The trainer owns the loop, the optimizer and the devices, so a
+  new objective is one small class registered by name with ``StrategyFactory.register``.
+- Batches are dicts of tensors as ``astrai_data.PackedDataset`` yields them: ``input_ids`` (B, T)
+  and ``labels`` (B, T), with -100 wherever no loss is taken (padding, prompt tokens in SFT).
+- ``compute_loss`` returns the mean over the tokens that carry loss, and the number of those tokens,
+  so the trainer can report tokens per second of real supervision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossOutput:
+    """The loss to back-propagate and numbers worth logging."""
+
+    loss: torch.Tensor
+    num_tokens: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class BaseStrategy:
+    """Base class of training objectives."""
+
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu", **options):
+        if options:
+            raise ValueError(
+                f"strategy {type(self).__name__} got unknown option(s) {sorted(options)}; "
+                "remove them from strategy_options"
+            )
+        self.model = model
+        self.device = torch.device(device)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        raise NotImplementedError
+
+
+def token_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over positions whose label is not -100, and how many there are."""
+    B, T, V = logits.shape
+    num_tokens = int((labels != IGNORE_INDEX).sum())
+    if num_tokens == 0:
+        # Keep the graph connected so backward works; the step contributes nothing.
+        return logits.sum() * 0.0, 0
+    loss = F.cross_entropy(
+        logits.reshape(B * T, V).float(),
+        labels.reshape(B * T),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+    )
+    return loss, num_tokens
+
+
+class SEQStrategy(BaseStrategy):
+    """Pretraining: predict every next token of the packed text."""
+
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu", label_smoothing: float = 0.0, **options):
+        super().__init__(model, device, **options)
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"strategy_options.label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = label_smoothing
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        logits = self.model(input_ids)["logits"]  # (B, T, V)
+        loss, num_tokens = token_cross_entropy(logits, labels, self.label_smoothing)
+        return LossOutput(loss, num_tokens)
+
+
+class SFTStrategy(SEQStrategy):
+    """Supervised fine-tuning: the same next-token loss, taken only on assistant tokens.
+
+    The dataset carries the mask (prompt and padding labels are -100), so the objective is the
+    pretraining one; the class exists so a run names what it does and can grow SFT-only options.
+    """
+
+
+class StrategyFactory:
+    """Registry of strategies by name; ``@StrategyFactory.register("name")`` adds one."""
+
+    STRATEGY_MAP: dict[str, type[BaseStrategy]] = {}
+
+    @classmethod
+    def register(cls, name: str) -> Callable[[type[BaseStrategy]], type[BaseStrategy]]:
+        def decorator(strategy_cls: type[BaseStrategy]) -> type[BaseStrategy]:
+            if not (isinstance(strategy_cls, type) and issubclass(strategy_cls, BaseStrategy)):
+                raise TypeError(f"@StrategyFactory.register({name!r}) must decorate a BaseStrategy subclass")
+            if name in cls.STRATEGY_MAP and cls.STRATEGY_MAP[name] is not strategy_cls:
+                raise ValueError(f"a strategy named {name!r} is already registered ({cls.STRATEGY_MAP[name].__name__})")
+            cls.STRATEGY_MAP[name] = strategy_cls
+            return strategy_cls
+
+        return decorator
+
+    @classmethod
+    def create(cls, name: str, model: nn.Module, device: torch.device | str = "cpu", **options) -> BaseStrategy:
+        if name not in cls.STRATEGY_MAP:
+            raise ValueError(
+                f"unknown strategy {name!r}; available strategies: {cls.available_strategies()}. "
+                "Register your own with @StrategyFactory.register(name)"
+            )
+        return cls.STRATEGY_MAP[name](model, device, **options)
+
+    @classmethod
+    def available_strategies(cls) -> list[str]:
+        return sorted(cls.STRATEGY_MAP)
+
+
+StrategyFactory.register("seq")(SEQStrategy)
+StrategyFactory.register("sft")(SFTStrategy)
