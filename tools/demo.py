@@ -11,7 +11,7 @@ Steps, each timed and reported:
 7. Generate answers to an English and a Chinese prompt.
 8. Copy the fine-tuned model to ``runs/demo/model``, which ``flask --app apps/server run`` serves.
 
-The default step counts finish in about 10 minutes on a 2-core machine; ``--quick`` runs a smoke
+The default step counts finish in about 8 minutes on a 2-core machine; ``--quick`` runs a smoke
 test in about a minute.
 """
 
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo", help="output folder (default: runs/demo)")
     parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per training window")
-    parser.add_argument("--pretrain-steps", type=int, default=800, help="pretraining optimizer steps")
+    parser.add_argument("--pretrain-steps", type=int, default=600, help="pretraining optimizer steps")
     parser.add_argument("--sft-steps", type=int, default=150, help="fine-tuning optimizer steps")
     parser.add_argument("--quick", action="store_true", help="tiny step counts: a smoke test of every stage")
     args = parser.parse_args(argv)
