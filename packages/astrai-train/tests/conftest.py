@@ -57,7 +57,7 @@ def _tiny_config(workspace, tmp_path, **overrides) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config():
     """Factory of small, fast training configs over the shared workspace."""
     return _tiny_config

@@ -7,7 +7,9 @@ from .context import TrainContext, TrainContextBuilder, latest_checkpoint
 from .sampler import ResumableRandomSampler
 from .schedule import build_scheduler, lr_multiplier
 from .strategy import BaseStrategy, LossOutput, SEQStrategy, SFTStrategy, StrategyFactory
-from .trainer import Trainer, default_callbacks, evaluate_loss
+from .evaluation import evaluate_by_language, evaluate_loss, language_groups
+from .interrupt import TrainingInterrupted
+from .trainer import Trainer, default_callbacks
 
 __all__ = [
     "BaseStrategy",
@@ -25,11 +27,14 @@ __all__ = [
     "TrainConfig",
     "TrainContext",
     "TrainContextBuilder",
+    "TrainingInterrupted",
     "Trainer",
     "__version__",
     "build_scheduler",
     "default_callbacks",
+    "evaluate_by_language",
     "evaluate_loss",
+    "language_groups",
     "latest_checkpoint",
     "lr_multiplier",
 ]

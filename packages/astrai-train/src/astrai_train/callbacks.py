@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from astrai_core import save_checkpoint
 
 from .context import STEP_DIR
-from .state import write_training_state
+from .plot import write_loss_plot
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -44,51 +44,33 @@ class CheckpointCallback(TrainCallback):
         interval = trainer.config.ckpt_interval
         step = trainer.context.step
         if interval and step % interval == 0 and step < trainer.config.max_steps:
-            self.save(trainer, Path(trainer.config.out_dir) / f"step-{step}")
-            self._remove_old(Path(trainer.config.out_dir), trainer.config.keep_checkpoints)
+            trainer.save_checkpoint()
 
     def on_train_end(self, trainer: Trainer) -> None:
-        out_dir = Path(trainer.config.out_dir)
-        self.save(trainer, out_dir / f"step-{trainer.context.step}")
-        self._remove_old(out_dir, trainer.config.keep_checkpoints)
+        trainer.save_checkpoint()
         path = save_checkpoint(
-            out_dir / "final",
+            Path(trainer.config.out_dir) / "final",
             trainer.context.model,
             trainer.context.tokenizer,
             metadata={"step": trainer.context.step},
         )
         logger.info("saved the final model to %s", path)
 
-    @staticmethod
-    def save(trainer: Trainer, path: Path) -> None:
-        context = trainer.context
-        progress = {
-            "step": context.step,
-            "consumed_samples": context.sampler.consumed,
-            "config": trainer.config.to_dict(),
-        }
-        save_checkpoint(
-            path,
-            context.model,
-            context.tokenizer,
-            metadata={"step": context.step},
-            extra_files=lambda tmp: write_training_state(tmp, context.optimizer, context.scheduler, progress),
-        )
-        logger.info("saved checkpoint %s", path)
 
-    @staticmethod
-    def _remove_old(out_dir: Path, keep: int) -> None:
-        steps = sorted(
-            (int(match.group(1)), path)
-            for path in out_dir.glob("step-*")
-            if (match := STEP_DIR.match(path.name))
-        )
-        for _, path in steps[: max(len(steps) - max(keep, 1), 0)]:
-            shutil.rmtree(path, ignore_errors=True)
+def prune_checkpoints(out_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` (at least one) ``step-N`` checkpoints in ``out_dir``."""
+    steps = sorted(
+        (int(match.group(1)), path) for path in out_dir.glob("step-*") if (match := STEP_DIR.match(path.name))
+    )
+    for _, path in steps[: max(len(steps) - max(keep, 1), 0)]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class MetricLoggerCallback(TrainCallback):
-    """Appends one JSON object per logged step and per evaluation to ``out_dir/metrics.jsonl``."""
+    """Appends one JSON object per logged step and per evaluation to ``out_dir/metrics.jsonl``.
+
+    After each evaluation it redraws ``out_dir/metrics.svg`` with the loss curves.
+    """
 
     def on_train_begin(self, trainer: Trainer) -> None:
         self.path = Path(trainer.config.out_dir) / "metrics.jsonl"
@@ -100,6 +82,10 @@ class MetricLoggerCallback(TrainCallback):
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         self._write(metrics)
+        write_loss_plot(self.path, self.path.with_name("metrics.svg"))
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        write_loss_plot(self.path, self.path.with_name("metrics.svg"))
 
     def _write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -131,7 +117,15 @@ class ProgressCallback(TrainCallback):
         )
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        logger.info("step %d | held-out loss %.3f (%d tokens)", metrics["step"], metrics["val_loss"], metrics["val_tokens"])
+        languages = sorted(key.removeprefix("val_loss_") for key in metrics if key.startswith("val_loss_"))
+        per_language = ", ".join(f"{language} {metrics[f'val_loss_{language}']:.3f}" for language in languages)
+        logger.info(
+            "step %d | held-out loss %.3f (%s; %d tokens)",
+            metrics["step"],
+            metrics["val_loss"],
+            per_language,
+            metrics["val_tokens"],
+        )
 
 
 def _compact(value: float) -> str:

@@ -10,6 +10,7 @@ import click
 
 from .config import TrainConfig
 from .context import TrainContextBuilder
+from .interrupt import TrainingInterrupted
 from .strategy import StrategyFactory
 from .trainer import Trainer
 
@@ -44,6 +45,9 @@ def run(config_path: Path, max_steps: int | None, out_dir: Path | None, resume: 
             config.out_dir = str(out_dir)
         trainer = Trainer(config, builder=TrainContextBuilder(config, resume=resume))
         context = trainer.train()
+    except TrainingInterrupted as interrupted:
+        click.echo(f"{interrupted}; run the same command again to resume", err=True)
+        sys.exit(interrupted.exit_code)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"trained to step {context.step}; final model in {Path(config.out_dir) / 'final'}")
@@ -54,3 +58,7 @@ def list_strategies() -> None:
     """List the registered training strategies."""
     for name in StrategyFactory.available_strategies():
         click.echo(name)
+
+
+if __name__ == "__main__":
+    main()

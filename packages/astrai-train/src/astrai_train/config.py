@@ -22,6 +22,7 @@ from astrai_core import PRESETS, ModelConfig
 
 SCHEDULES = ("cosine", "constant", "wsd")
 DTYPES = ("float32", "bfloat16")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclass
@@ -87,6 +88,12 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         dtype: ``"float32"``, or ``"bfloat16"`` for autocast on supported hardware.
         num_threads: Torch CPU threads; 0 keeps torch's default.
+        on_nonfinite: What happens when a step's loss or gradient norm is NaN or infinite:
+            ``"stop"`` raises ``FloatingPointError`` naming the step, ``"skip"`` drops that update,
+            logs a warning and goes on.
+        gradient_checkpointing: Recompute each block's activations in the backward pass, trading
+            about a third more compute for much less activation memory.
+        compile: Run the model through ``torch.compile``.
     """
 
     dataset: str
@@ -112,6 +119,9 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     num_threads: int = 0
+    on_nonfinite: str = "stop"
+    gradient_checkpointing: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.optimizer, dict):
@@ -126,6 +136,11 @@ class TrainConfig:
             _require(_is_int(value) and value >= 0, name, value, "an integer >= 0")
         _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a value >= 0 (0 disables it)")
         _require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {list(DTYPES)}")
+        _require(
+            self.on_nonfinite in NONFINITE_POLICIES, "on_nonfinite", self.on_nonfinite, f"one of {list(NONFINITE_POLICIES)}"
+        )
+        for name in ("gradient_checkpointing", "compile"):
+            _require(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
         _require(
             self.device == "cpu" or self.device.startswith(("cuda", "mps")),
             "device",

@@ -13,13 +13,18 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from .callbacks import CheckpointCallback, MetricLoggerCallback, ProgressCallback, TrainCallback
+from astrai_core import save_checkpoint
+
+from .callbacks import CheckpointCallback, MetricLoggerCallback, ProgressCallback, TrainCallback, prune_checkpoints
 from .config import TrainConfig
 from .context import TrainContext, TrainContextBuilder
+from .evaluation import evaluate_by_language, language_groups
+from .interrupt import StopFlag, TrainingInterrupted
+from .state import write_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class Trainer:
         self.callbacks = list(callbacks) if callbacks is not None else default_callbacks()
         self.builder = builder or TrainContextBuilder(config)
         self.context: TrainContext | None = None
+        self._language_groups: dict[str, list[int]] | None = None
 
     def _build_context(self) -> TrainContext:
         if self.config.num_threads:
@@ -53,6 +59,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train(self) -> TrainContext:
+        """Run until ``max_steps``; on SIGINT or SIGTERM save a checkpoint and raise ``TrainingInterrupted``."""
         self.context = self._build_context()
         context, config = self.context, self.config
         self._call("on_train_begin")
@@ -63,23 +70,48 @@ class Trainer:
         batches = iter(context.dataloader)
         window_tokens, window_start = 0, time.perf_counter()
 
-        while context.step < config.max_steps:
-            loss, tokens = self._train_step(batches)
-            window_tokens += tokens
-            context.step += 1
-            logged = context.step % config.log_interval == 0 or context.step == config.max_steps
-            metrics = {"step": context.step, "loss": loss, "lr": context.scheduler.get_last_lr()[0]}
-            if logged:
-                elapsed = time.perf_counter() - window_start
-                metrics.update(tokens_per_second=window_tokens / max(elapsed, 1e-9), logged=True)
-                window_tokens, window_start = 0, time.perf_counter()
-            self._call("on_step_end", metrics)
-            if config.eval_interval and context.step % config.eval_interval == 0 and context.step < config.max_steps:
-                self.evaluate()
+        with StopFlag().installed() as stop:
+            while context.step < config.max_steps:
+                loss, tokens = self._train_step(batches)
+                window_tokens += tokens
+                context.step += 1
+                logged = context.step % config.log_interval == 0 or context.step == config.max_steps
+                metrics = {"step": context.step, "loss": loss, "lr": context.scheduler.get_last_lr()[0]}
+                if logged:
+                    elapsed = time.perf_counter() - window_start
+                    metrics.update(tokens_per_second=window_tokens / max(elapsed, 1e-9), logged=True)
+                    window_tokens, window_start = 0, time.perf_counter()
+                self._call("on_step_end", metrics)
+                if stop.signal_name is not None:
+                    path = self.save_checkpoint()
+                    raise TrainingInterrupted(stop.signal_name, context.step, str(path))
+                if config.eval_interval and context.step % config.eval_interval == 0 and context.step < config.max_steps:
+                    self.evaluate()
 
         self.evaluate()
         self._call("on_train_end")
         return context
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Save a resumable checkpoint (default ``out_dir/step-N``) and prune old ones."""
+        context = self.context
+        out_dir = Path(self.config.out_dir)
+        path = Path(path) if path is not None else out_dir / f"step-{context.step}"
+        progress = {
+            "step": context.step,
+            "consumed_samples": context.sampler.consumed,
+            "config": self.config.to_dict(),
+        }
+        save_checkpoint(
+            path,
+            context.model,
+            context.tokenizer,
+            metadata={"step": context.step},
+            extra_files=lambda tmp: write_training_state(tmp, context.optimizer, context.scheduler, progress),
+        )
+        prune_checkpoints(out_dir, self.config.keep_checkpoints)
+        logger.info("saved checkpoint %s", path)
+        return path
 
     def _train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[float, int]:
         """Run one optimizer step; return the mean micro-batch loss and the input tokens processed."""
@@ -94,26 +126,42 @@ class Trainer:
             total_loss += output.loss.item()
             total_tokens += batch["input_ids"].numel()
         loss = total_loss / config.accumulation_steps
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss} at step {context.step + 1}; lower optimizer.lr or enable "
-                "max_grad_norm, then resume from the last checkpoint"
-            )
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(context.model.parameters(), config.max_grad_norm)
-        context.optimizer.step()
+        # With clipping off, an infinite max_norm still returns the norm without changing gradients.
+        max_norm = config.max_grad_norm or math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(context.model.parameters(), max_norm))
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            context.optimizer.step()
+        else:
+            self._handle_nonfinite(loss, grad_norm)
         context.scheduler.step()
         context.optimizer.zero_grad(set_to_none=True)
         return loss, total_tokens
 
-    @torch.no_grad()
+    def _handle_nonfinite(self, loss: float, grad_norm: float) -> None:
+        step = self.context.step + 1
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+        if self.config.on_nonfinite == "skip":
+            logger.warning("step %d: %s; skipped this update (on_nonfinite=skip)", step, what)
+            return
+        raise FloatingPointError(
+            f"step {step}: {what}. Lower optimizer.lr, set max_grad_norm, or set on_nonfinite to "
+            "'skip'; then run again to resume from the last checkpoint"
+        )
+
     def evaluate(self) -> dict[str, float] | None:
-        """Compute the token-weighted mean loss on the validation set, if one is configured."""
+        """Compute held-out loss overall and per language, if a validation set is configured."""
         context = self.context
         if context.val_dataset is None:
             return None
-        loss, tokens = evaluate_loss(context, self._autocast, self.config.eval_batches)
-        metrics = {"step": context.step, "val_loss": loss, "val_tokens": tokens}
+        if self._language_groups is None:
+            max_windows = self.config.eval_batches * self.config.batch_size
+            self._language_groups = language_groups(context.val_dataset, context.tokenizer, max_windows)
+        metrics = {"step": context.step}
+        metrics.update(
+            evaluate_by_language(
+                context.strategy, context.val_dataset, self._language_groups, self.config.batch_size, self._autocast
+            )
+        )
         self._call("on_evaluate", metrics)
         return metrics
 
@@ -121,20 +169,3 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
-
-def evaluate_loss(context: TrainContext, autocast, max_batches: int) -> tuple[float, int]:
-    """Mean next-token loss over the first ``max_batches`` validation batches, weighted by tokens."""
-    model = context.model
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(context.val_dataset, batch_size=context.config.batch_size, shuffle=False)
-    loss_sum, token_count = 0.0, 0
-    for index, batch in enumerate(loader):
-        if index >= max_batches:
-            break
-        with autocast():
-            output = context.strategy.compute_loss(batch)
-        loss_sum += output.loss.item() * output.num_tokens
-        token_count += output.num_tokens
-    model.train(was_training)
-    return loss_sum / max(token_count, 1), token_count
