@@ -61,3 +61,27 @@ def test_parameter_count_matches_model(name):
 
 def test_one_billion_preset_size():
     assert 0.9e9 < PRESETS["1b"].num_parameters() < 1.3e9
+
+
+@pytest.mark.parametrize(
+    ("scaling", "named"),
+    [
+        ({"rope_type": "dynamic", "factor": 2.0}, "'dynamic'"),
+        ({"rope_type": "linear"}, "missing \\['factor'\\]"),
+        ({"rope_type": "linear", "factor": 2.0, "beta_fast": 3}, "unknown \\['beta_fast'\\]"),
+        ({"rope_type": "yarn", "factor": 0.5}, "factor must be at least 1"),
+        ({"rope_type": "linear", "factor": "2"}, "factor must be a positive number"),
+        ("linear", "must be null or an object"),
+    ],
+)
+def test_invalid_rope_scaling_names_the_problem(scaling, named):
+    with pytest.raises(ValueError, match=named):
+        tiny(rope_scaling=scaling)
+
+
+def test_rope_scaling_is_normalised_and_round_trips(tmp_path):
+    config = tiny(rope_scaling={"type": "yarn", "factor": 4.0})
+    assert config.rope_scaling == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    config.save(tmp_path / "config.json")
+    assert ModelConfig.load(tmp_path / "config.json") == config
+    assert tiny(rope_scaling={"rope_type": "default"}).rope_scaling is None

@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .rope import check_rope_scaling
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -34,6 +36,9 @@ class ModelConfig:
         use_qk_norm: Apply RMSNorm to each query and key head before RoPE (as in Qwen3).
         use_gated_attention: Multiply the attention output by a learned sigmoid gate per channel.
         tie_embeddings: Share the input embedding matrix with the output projection.
+        rope_scaling: ``None`` for plain RoPE, or a Hugging Face style mapping that extends the
+            context: ``{"rope_type": "linear" | "llama3" | "yarn", "factor": ..., ...}``. See
+            ``astrai_core.rope`` for each type's parameters.
     """
 
     vocab_size: int
@@ -48,6 +53,7 @@ class ModelConfig:
     use_qk_norm: bool = False
     use_gated_attention: bool = False
     tie_embeddings: bool = True
+    rope_scaling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "dim_ffn", "max_len"):
@@ -73,6 +79,8 @@ class ModelConfig:
                 "each key/value head must serve a whole number of query heads, so pick n_kv_heads "
                 f"from {_divisors(self.n_heads)}"
             )
+        # Normalised here (legacy "type" key, YaRN defaults) so the stored config is explicit.
+        object.__setattr__(self, "rope_scaling", check_rope_scaling(self.rope_scaling, self.max_len))
         if self.head_dim % 2:
             raise ValueError(
                 f"ModelConfig head size dim/n_heads={self.head_dim} is odd; rotary embeddings need an "

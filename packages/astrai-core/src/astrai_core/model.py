@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .rope import rope_frequencies
 
 
 class RMSNorm(nn.Module):
@@ -33,14 +34,6 @@ class RMSNorm(nn.Module):
         x_float = x.float()
         x_float = x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)
         return x_float.type_as(x) * self.weight
-
-
-def rope_frequencies(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return cos and sin tables of shape (max_len, head_dim) for the rotate-half RoPE layout."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (max_len, D/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (max_len, D)
-    return angles.cos().float(), angles.sin().float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -192,7 +185,7 @@ class Transformer(nn.Module):
         """(Re)compute the RoPE tables in float32 on ``device`` (default: where the embedding is)."""
         device = device if device is not None else self.embed_tokens.weight.device
         config = self.config
-        cos, sin = rope_frequencies(config.head_dim, config.max_len, config.rope_theta)
+        cos, sin = rope_frequencies(config.head_dim, config.max_len, config.rope_theta, config.rope_scaling)
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
     def _apply(self, fn, recurse=True):
