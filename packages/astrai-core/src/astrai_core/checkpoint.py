@@ -6,7 +6,10 @@ A checkpoint directory holds:
 - ``tokenizer.model``: the SentencePiece model, when one is given;
 - any extra files a caller adds through ``extra_files`` (the trainer stores its state this way).
 
-No pickle is used, so loading a checkpoint never runs code from it. Saving writes everything into a
+No pickle is used, so loading a checkpoint never runs code from it. Loading builds the model on
+PyTorch's meta device and assigns tensors that safetensors memory-maps from the file (a private,
+copy-on-write mapping), so the weights are never held twice: peak memory is about the size of the
+weights, and a tensor that is cast to another dtype is cast one at a time. Saving writes everything into a
 temporary sibling directory and renames it into place, so a crash mid-save leaves either the old
 checkpoint or the new one, never a half-written mix.
 """
@@ -22,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .model import Transformer
@@ -109,8 +113,8 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load a checkpoint directory written by ``save_checkpoint``.
 
-    The weights are loaded exactly as saved; pass ``dtype`` (for example ``torch.bfloat16``) to cast
-    them after loading.
+    The weights are memory-mapped and loaded exactly as saved; pass ``dtype`` (for example
+    ``torch.bfloat16``) to cast them, one tensor at a time.
     """
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
@@ -121,17 +125,9 @@ def load_checkpoint(
             "Train one with 'astrai-train run CONFIG.json' or pass the directory a run wrote"
         )
     config = ModelConfig.load(path / CONFIG_FILE)
-    with torch.device("meta"):
-        model = Transformer(config)
-    state = load_file(path / WEIGHTS_FILE, device=str(device))
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
-    _check_loaded(model, path)
-    # RoPE tables are not stored; rebuild them on the target device.
-    model.init_rope(device)
-    if dtype is not None:
-        model.to(dtype)
+    with safe_open(path / WEIGHTS_FILE, framework="pt", device=str(device)) as weights:
+        state = {name: _cast(weights.get_tensor(name), dtype) for name in weights.keys()}
+    model = model_from_state_dict(config, state, source=f"{path / WEIGHTS_FILE} and {path / CONFIG_FILE}")
     with open(path / WEIGHTS_FILE, "rb") as handle:
         header_size = int.from_bytes(handle.read(8), "little")
         metadata = json.loads(handle.read(header_size)).get("__metadata__", {})
@@ -140,10 +136,45 @@ def load_checkpoint(
     return Checkpoint(model=model.eval(), config=config, tokenizer=tokenizer, path=path, metadata=metadata)
 
 
-def _check_loaded(model: Transformer, path: Path) -> None:
-    missing = [name for name, param in model.named_parameters() if param.is_meta]
-    if missing:
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+
+
+def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> Transformer:
+    """Build a ``Transformer`` around existing tensors without allocating weights of its own.
+
+    The model is created on the meta device and ``state``'s tensors become its parameters as they
+    are (same storage, device and dtype), so memory-mapped tensors stay memory-mapped.
+
+    Args:
+        config: The model's shape.
+        state: Weights named as in ``model_state_dict``; ``lm_head.weight`` may be left out when
+            the embeddings are tied.
+        source: Where the weights come from, for error messages.
+
+    Raises:
+        ValueError: A weight is missing, unexpected or of the wrong shape.
+    """
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = dict(model.state_dict())
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight")
+        state = {name: tensor for name, tensor in state.items() if name != "lm_head.weight"}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong_shape = [
+        f"{name} {tuple(state[name].shape)} != {tuple(expected[name].shape)}"
+        for name in sorted(set(state) & set(expected))
+        if state[name].shape != expected[name].shape
+    ]
+    if missing or unexpected or wrong_shape:
         raise ValueError(
-            f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE}: missing weights {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}; the files come from different models"
+            f"{source} do not match: missing weights {missing[:5]}, unexpected weights {unexpected[:5]}, "
+            f"wrong shapes {wrong_shape[:5]}; the weights and the config come from different models"
         )
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    # RoPE tables are not stored; rebuild them where the weights are.
+    model.init_rope(model.embed_tokens.weight.device)
+    return model.eval()
