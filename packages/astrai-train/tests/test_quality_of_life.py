@@ -91,3 +91,29 @@ def test_nonfinite_policy_validated(workspace, tmp_path, tiny_config):
 def test_base_strategy_is_abstract():
     with pytest.raises(NotImplementedError):
         BaseStrategy(torch.nn.Linear(1, 1)).compute_loss({})
+
+
+def test_gradient_checkpointing_gives_same_update(workspace, tmp_path, tiny_config):
+    from astrai_core import load_checkpoint
+
+    plain = tiny_config(workspace, tmp_path / "plain", max_steps=2, val_dataset=None)
+    recomputed = tiny_config(workspace, tmp_path / "ckpt", max_steps=2, val_dataset=None, gradient_checkpointing=True)
+    Trainer(plain).train()
+    trainer = Trainer(recomputed)
+    trainer.train()
+    assert trainer.context.model.gradient_checkpointing
+    a = load_checkpoint(tmp_path / "plain" / "run" / "final").model.state_dict()
+    b = load_checkpoint(tmp_path / "ckpt" / "run" / "final").model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_compiled_model_trains_and_saves(workspace, tmp_path, tiny_config):
+    from astrai_core import load_checkpoint
+
+    config = tiny_config(workspace, tmp_path, max_steps=2, val_dataset=None, compile=True)
+    trainer = Trainer(config)
+    trainer.train()
+    assert trainer.context.strategy.model is not trainer.context.model
+    saved = load_checkpoint(tmp_path / "run" / "final").model.state_dict()
+    assert not any(name.startswith("_orig_mod") for name in saved)

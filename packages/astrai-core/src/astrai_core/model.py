@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .rope import rope_frequencies
@@ -180,6 +181,8 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.init_rope()
         self.reset_parameters()
+        # Set to True to trade recomputation for activation memory during training.
+        self.gradient_checkpointing = False
 
     def init_rope(self, device: torch.device | str | None = None) -> None:
         """(Re)compute the RoPE tables in float32 on ``device`` (default: where the embedding is)."""
@@ -243,7 +246,11 @@ class Transformer(nn.Module):
 
         x = self.embed_tokens(input_ids)  # (B, T, C)
         for block in self.layers:
-            x = block(x, cos, sin, mask, kv_cache)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # Keep only each block's input; its activations are recomputed in the backward pass.
+                x = checkpoint(block, x, cos, sin, mask, kv_cache, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, kv_cache)
         if kv_cache is not None:
             kv_cache.length += T
         logits = self.lm_head(self.norm(x))  # (B, T, V)

@@ -150,9 +150,11 @@ class TrainContextBuilder:
     def with_strategy(self) -> TrainContextBuilder:
         if self.model is None:
             self.with_model()
-        self.strategy = StrategyFactory.create(
-            self.config.strategy, self.model, self.device, **self.config.strategy_options
-        )
+        self.model.gradient_checkpointing = self.config.gradient_checkpointing
+        # The strategy runs the compiled module, while checkpoints read the original one, whose
+        # parameter names carry no "_orig_mod." prefix; both share the same parameters.
+        model = torch.compile(self.model) if self.config.compile else self.model
+        self.strategy = StrategyFactory.create(self.config.strategy, model, self.device, **self.config.strategy_options)
         return self
 
     def with_checkpoint(self, path: str | Path | None = None) -> TrainContextBuilder:
