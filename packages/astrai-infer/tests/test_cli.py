@@ -1,7 +1,10 @@
+import json
+
 import pytest
+import torch
 from click.testing import CliRunner
 
-from astrai_core import save_checkpoint
+from astrai_core import load_checkpoint, save_checkpoint
 from astrai_infer import GenerationConfig
 from astrai_infer.cli import main
 
@@ -101,3 +104,29 @@ def test_every_option_has_help():
         for parameter in command.params:
             if parameter.param_type_name == "option":
                 assert parameter.help, f"{name} {parameter.name}"
+
+
+def test_convert_to_hf_and_back_is_bit_exact(tmp_path, checkpoint, model):
+    result = run("convert", "to-hf", checkpoint, str(tmp_path / "hf"), "--shard-size", "1")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "hf" / "config.json").is_file()
+    assert "wrote" in result.stderr
+
+    result = run("convert", "from-hf", str(tmp_path / "hf"), str(tmp_path / "back"))
+    assert result.exit_code == 0, result.output
+    back = load_checkpoint(tmp_path / "back")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(back.model.state_dict()[name], tensor), name
+    assert (tmp_path / "back" / "tokenizer.model").is_file()
+
+
+def test_convert_from_hf_names_unsupported_fields(tmp_path, checkpoint):
+    run("convert", "to-hf", checkpoint, str(tmp_path / "hf"))
+    config_path = tmp_path / "hf" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["attention_bias"] = True
+    config_path.write_text(json.dumps(config))
+    result = run("convert", "from-hf", str(tmp_path / "hf"), str(tmp_path / "back"))
+    assert result.exit_code == 1
+    assert "attention_bias=True" in result.stderr
+    assert not (tmp_path / "back").exists()

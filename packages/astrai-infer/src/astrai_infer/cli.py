@@ -1,4 +1,4 @@
-"""Command-line interface: ``astrai-infer generate`` and ``astrai-infer chat``.
+"""Command-line interface: ``astrai-infer generate``, ``chat`` and ``convert from-hf|to-hf``.
 
 Design choices:
 - Generated text streams to stdout. Loading messages, the chat prompt marker and timing summaries
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import click
 import torch
+
+from astrai_core import export_hf_checkpoint, import_hf_checkpoint, load_checkpoint, save_checkpoint
 
 from .__about__ import __version__
 from .config import GenerationConfig
@@ -115,6 +117,66 @@ def chat(model_path: Path, device: str, dtype: str | None, system: str | None, *
         config = GenerationConfig(**settings)
         generator = _load_generator(model_path, device, dtype)
         _run_chat(generator, config, system)
+
+
+@main.group()
+def convert() -> None:
+    """Convert checkpoints to and from Hugging Face folders (Llama and Qwen3)."""
+
+
+@convert.command("from-hf")
+@click.argument("source", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("target", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--dtype",
+    type=click.Choice(sorted(DTYPES)),
+    default=None,
+    help="Cast the weights to this dtype; by default they keep the stored dtype.",
+)
+def from_hf(source: Path, target: Path, dtype: str | None) -> None:
+    """Turn the Hugging Face folder SOURCE into the AstrAI checkpoint TARGET.
+
+    SOURCE holds config.json and model.safetensors (or a sharded model.safetensors.index.json),
+    and optionally a SentencePiece tokenizer.model.
+    """
+    with _errors_as_click_exceptions():
+        start = time.perf_counter()
+        checkpoint = import_hf_checkpoint(source, dtype=DTYPES[dtype] if dtype else None)
+        save_checkpoint(target, checkpoint.model, checkpoint.tokenizer)
+        _report_conversion(checkpoint.model, target, start)
+
+
+@convert.command("to-hf")
+@click.argument("source", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("target", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=5 * 1024,
+    show_default=True,
+    help="Largest weights file in MiB; bigger models are split into shards with an index.",
+)
+def to_hf(source: Path, target: Path, shard_size: int) -> None:
+    """Turn the AstrAI checkpoint SOURCE into the Hugging Face folder TARGET.
+
+    transformers loads TARGET with AutoModelForCausalLM.from_pretrained: a model with qk-norm as
+    Qwen3ForCausalLM, any other as LlamaForCausalLM.
+    """
+    with _errors_as_click_exceptions():
+        start = time.perf_counter()
+        checkpoint = load_checkpoint(source)
+        export_hf_checkpoint(checkpoint, target, shard_size=shard_size * 1024**2)
+        _report_conversion(checkpoint.model, target, start)
+
+
+def _report_conversion(model: torch.nn.Module, target: Path, start: float) -> None:
+    size = sum(path.stat().st_size for path in target.iterdir() if path.is_file())
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    click.echo(
+        f"wrote {target} ({parameters / 1e6:.1f}M parameters, {size / 1024**2:.1f} MiB) "
+        f"in {time.perf_counter() - start:.1f} s",
+        err=True,
+    )
 
 
 def _run_chat(generator: Generator, config: GenerationConfig, system: str | None) -> None:
