@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -86,3 +88,30 @@ def test_bfloat16_cast_on_load(tmp_path):
     save_checkpoint(tmp_path / "ckpt", make_model())
     model = load_checkpoint(tmp_path / "ckpt", dtype=torch.bfloat16).model
     assert model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+LOAD_AND_MEASURE = r"""
+import sys, torch
+from astrai_core import load_checkpoint
+def peak():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
+del load_checkpoint(sys.argv[1]).model  # first use of the code paths allocates about 70 MB once
+before = peak()
+model = load_checkpoint(sys.argv[1]).model
+float(sum(p.sum(dtype=torch.float32) for p in model.parameters()))
+print(peak() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from Linux's /proc")
+def test_loading_does_not_hold_weights_twice(tmp_path):
+    config = ModelConfig(vocab_size=8192, dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, dim_ffn=4096, max_len=64)
+    torch.manual_seed(0)
+    model = Transformer(config).to(torch.bfloat16)
+    save_checkpoint(tmp_path / "ckpt", model)
+    del model
+    weight_bytes = (tmp_path / "ckpt" / "model.safetensors").stat().st_size
+    output = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_MEASURE, str(tmp_path / "ckpt")], check=True, capture_output=True, text=True
+    )
+    assert int(output.stdout) <= 1.3 * weight_bytes
