@@ -14,8 +14,24 @@ SETTINGS = [
     *("--top-k", "40"),
     *("--top-p", "0.95"),
     *("--seed", "3"),
+    *("--min-p", "0.01"),
+    *("--repetition-penalty", "1.1"),
+    *("--presence-penalty", "0.2"),
+    *("--frequency-penalty", "0.1"),
+    *("--stop", "zzz", "--stop", "。"),
 ]
-CONFIG = GenerationConfig(max_new_tokens=12, temperature=0.9, top_k=40, top_p=0.95, seed=3)
+CONFIG = GenerationConfig(
+    max_new_tokens=12,
+    temperature=0.9,
+    top_k=40,
+    top_p=0.95,
+    seed=3,
+    min_p=0.01,
+    repetition_penalty=1.1,
+    presence_penalty=0.2,
+    frequency_penalty=0.1,
+    stop=("zzz", "。"),
+)
 
 
 @pytest.fixture

@@ -35,6 +35,20 @@ def test_defaults_sample_from_the_full_distribution():
         ("seed", -1),
         ("seed", 2**64),
         ("seed", 1.5),
+        ("min_p", 1.0),
+        ("min_p", -0.1),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", math.inf),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -3),
+        ("frequency_penalty", math.nan),
+        ("stop", [""]),
+        ("stop", [3]),
+        ("stop", None),
+        ("logprobs", "yes"),
+        ("top_logprobs", 21),
+        ("top_logprobs", -1),
+        ("truncate_prompt", 1),
     ],
 )
 def test_invalid_value_names_the_field(field, value):
@@ -62,3 +76,9 @@ def test_replace_validates_and_keeps_the_original():
 def test_replace_rejects_unknown_settings():
     with pytest.raises(TypeError, match="'max_tokens'.*max_new_tokens"):
         GenerationConfig().replace(max_tokens=5)
+
+
+def test_stop_becomes_a_tuple():
+    assert GenerationConfig(stop=["a", "b"]).stop == ("a", "b")
+    assert GenerationConfig(stop="</s>").stop == ("</s>",)
+    assert GenerationConfig().stop == ()

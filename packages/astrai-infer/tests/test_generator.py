@@ -233,3 +233,86 @@ def test_lock_queues_other_threads(generator):
     stream.close()
     worker.join(timeout=10)
     assert results == [generator.generate(PROMPTS[0], GREEDY)]
+
+
+# Sampling controls
+
+
+def test_stop_string_ends_generation_in_complete_and_stream(scripted, tokenizer):
+    reply = tokenizer.encode("你好，世界！很高兴见到你。😀 more text")
+    generator = scripted([0, 0, *reply, tokenizer.eos_id])
+    completion = generator.complete([1, 9], max_new_tokens=60, stop=["见到", "zzz"])
+    assert completion.text == "你好，世界！很高兴"
+    assert completion.finish_reason == "stop"
+    assert len(completion.token_ids) < len(reply)  # generation ended at the stop string
+    chunks = list(generator.stream([1, 9], max_new_tokens=60, stop=["见到"]))
+    assert "".join(chunk.text for chunk in chunks) == completion.text
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].completion_tokens == len(completion.token_ids)
+
+
+def test_stop_strings_in_a_batch_stop_only_their_row(scripted, tokenizer):
+    reply = tokenizer.encode("The quick brown fox jumps over the lazy dog.")
+    generator = scripted([0, 0, *reply])
+    # A prompt of length 2 + j continues with reply[j:]; pick j so its text has no "fox".
+    j = next(j for j in range(1, len(reply)) if "fox" not in tokenizer.decode(reply[j:]))
+    prompts = [[1, 9], [1] + [9] * (j + 1)]
+    completions = generator.complete_batch(prompts, max_new_tokens=len(reply) - j, stop=["fox"])
+    assert completions[0].text == "The quick brown "
+    assert completions[0].finish_reason == "stop"
+    assert completions[1].text == tokenizer.decode(reply[j:])
+    assert completions[1].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 0.9, "top_k": 20},
+        {"temperature": 1.3, "min_p": 0.05, "repetition_penalty": 1.3},
+        {"top_p": 0.8, "presence_penalty": 1.0, "frequency_penalty": 0.5},
+    ],
+)
+def test_seed_makes_every_sampling_path_reproducible(generator, settings):
+    config = GenerationConfig(max_new_tokens=20, seed=11, **settings)
+    first, second = generator.complete(PROMPTS[3], config), generator.complete(PROMPTS[3], config)
+    assert first == second
+    assert "".join(generator.stream_generate(PROMPTS[3], config)) == first.text
+
+
+def test_repetition_penalty_changes_greedy_output(generator):
+    plain = generator.complete(PROMPTS[0], GREEDY)
+    penalised = generator.complete(PROMPTS[0], GREEDY, repetition_penalty=5.0)
+    assert penalised.token_ids != plain.token_ids
+    counts = [penalised.token_ids.count(token) for token in set(penalised.token_ids)]
+    assert max(counts) <= max(plain.token_ids.count(token) for token in set(plain.token_ids))
+
+
+def test_logprobs_are_the_models_log_softmax(generator, model, tokenizer):
+    completion = generator.complete(PROMPTS[0], GREEDY, max_new_tokens=6, logprobs=True, top_logprobs=3)
+    ids = tokenizer.encode(PROMPTS[0], add_bos=True) + completion.token_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))["logits"][0, :, : tokenizer.vocab_size].float()
+    expected = torch.log_softmax(logits, -1)[len(ids) - len(completion.token_ids) - 1 : -1]  # (new, V)
+    chosen = expected.gather(1, torch.tensor(completion.token_ids)[:, None]).squeeze(1)
+    torch.testing.assert_close(torch.tensor(completion.logprobs), chosen, atol=1e-4, rtol=0)
+    assert len(completion.top_logprobs) == len(completion.token_ids)
+    for position, alternatives in enumerate(completion.top_logprobs):
+        assert alternatives[0][0] == completion.token_ids[position]  # greedy picks the top token
+        assert [pair[0] for pair in alternatives] == expected[position].topk(3).indices.tolist()
+    chunks = list(generator.stream(PROMPTS[0], GREEDY, max_new_tokens=6, logprobs=True))
+    assert [value for chunk in chunks for value in chunk.logprobs or []] == completion.logprobs
+
+
+def test_logprobs_are_off_by_default(generator):
+    completion = generator.complete(PROMPTS[0], GREEDY, max_new_tokens=3)
+    assert completion.logprobs is None and completion.top_logprobs is None
+
+
+def test_truncate_prompt_keeps_the_last_tokens(generator, model):
+    max_len = model.config.max_len
+    prompt = [1] + [100 + i % 50 for i in range(max_len + 20)]
+    with pytest.raises(ValueError, match="truncate_prompt=True"):
+        generator.complete(prompt, GREEDY)
+    completion = generator.complete(prompt, GREEDY, max_new_tokens=8, truncate_prompt=True)
+    assert completion.prompt_tokens == max_len - 8
+    assert completion == generator.complete(prompt[-(max_len - 8) :], GREEDY, max_new_tokens=8)

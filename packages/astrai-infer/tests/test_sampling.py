@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from astrai_infer import apply_top_k, apply_top_p, sample_next_token
+from astrai_infer.sampling import apply_min_p, apply_penalties
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -92,3 +93,27 @@ def test_tiny_temperature_acts_greedy():
     logits = torch.tensor([[1.0, 3.0, 2.0], [-5.0, -1.0, -2.0]])
     ids = sample_next_token(logits, temperature=1e-39, generator=torch.Generator().manual_seed(0))
     assert ids.tolist() == [1, 1]
+
+
+def test_min_p_keeps_tokens_near_the_top():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = apply_min_p(logits, 0.25)  # threshold 0.125: drops only the 0.05 token
+    assert torch.isinf(kept[0, 3]) and torch.isfinite(kept[0, :3]).all()
+    assert torch.equal(apply_min_p(logits, 0.0), logits)
+    for seed in range(5):  # min_p close to 1 leaves only the top token
+        assert int(sample_next_token(logits, min_p=0.99, generator=seeded(seed))) == 0
+
+
+def test_repetition_penalty_lowers_negative_and_positive_logits():
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    penalised = apply_penalties(logits, seen, None, repetition_penalty=2.0)
+    assert penalised.tolist() == [[1.0, -4.0, 1.0, -1.0]]  # a negative logit moves down, not up
+
+
+def test_presence_and_frequency_penalties_use_output_counts():
+    logits = torch.zeros(1, 3)
+    counts = torch.tensor([[0.0, 1.0, 3.0]])
+    penalised = apply_penalties(logits, None, counts, presence_penalty=0.5, frequency_penalty=0.25)
+    assert penalised.tolist() == [[0.0, -0.75, -1.25]]
+    assert torch.equal(apply_penalties(logits, None, counts), logits)

@@ -13,6 +13,11 @@ Design choices:
 - A row may generate ``min(max_new_tokens, max_len - prompt_len)`` tokens, so its prompt plus its
   output never exceed the model's context. The cache is sized for the longest row's need, not for
   ``max_len``, because it is preallocated and a short request should not reserve a full context.
+- Sampling state that lasts across steps (the seen-token mask and output counts of the penalties)
+  lives in ``_Sampler`` and is only allocated when a penalty is on; greedy decoding without
+  penalties or log-probabilities is a bare ``argmax``.
+- ``stop_check(row, token_id)`` lets the caller end a row after a token, for stop strings that only
+  show in the decoded text.
 - A row that finishes leaves the batch at once (``KVCache.select``), so it costs no more work. The
   cache then drops the leading columns that are padding in every remaining row. A short prompt
   batched with a long one therefore keeps its own full context once the long one has finished, and
@@ -22,7 +27,7 @@ Design choices:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +35,7 @@ import torch
 from astrai_core import KVCache, Transformer
 
 from .config import GenerationConfig
-from .sampling import sample_next_token
+from .sampling import apply_penalties, sample_next_token
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,75 @@ class TokenEvent:
     Attributes:
         row: Index of the prompt in the list given to ``decode_tokens``.
         token_id: The generated id, or ``None`` when the step produced a stop id.
-        finish_reason: ``"stop"`` (a stop id), ``"length"`` (no tokens or context left), or ``None``
-            while the prompt keeps generating.
+        finish_reason: ``"stop"`` (a stop id, or ``stop_check`` said so), ``"length"`` (no tokens or
+            context left), or ``None`` while the prompt keeps generating.
+        logprob: Log-probability of ``token_id``, when ``config.logprobs`` is on.
+        top_logprobs: ``(token_id, logprob)`` pairs of the most likely tokens, most likely first,
+            when ``config.top_logprobs`` is positive.
     """
 
     row: int
     token_id: int | None
     finish_reason: str | None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
+
+
+class _Sampler:
+    """Picks tokens for a batch and keeps the per-row state that penalties need.
+
+    Args:
+        config: The generation settings.
+        input_ids: (B, S) left-padded prompts; marks the prompt tokens as seen.
+        attention_mask: (B, S) 1 on real tokens.
+        vocab_size: Number of ids that may be sampled (the tokenizer's).
+        generator: Source of random numbers, or ``None`` for PyTorch's global one.
+    """
+
+    def __init__(self, config, input_ids, attention_mask, vocab_size, generator):
+        self.config, self.vocab_size, self.generator = config, vocab_size, generator
+        self.seen = self.counts = None
+        if config.needs_penalties:
+            B = input_ids.shape[0]
+            width = max(vocab_size, int(input_ids.max()) + 1)
+            prompt_counts = torch.zeros(B, width, device=input_ids.device)
+            prompt_counts.scatter_add_(1, input_ids, attention_mask.float())  # padding adds 0
+            self.seen = (prompt_counts[:, :vocab_size] > 0)  # (B, V)
+            self.counts = torch.zeros(B, vocab_size, device=input_ids.device)  # (B, V)
+
+    def pick(self, logits: torch.Tensor) -> tuple[torch.Tensor, list | None, list | None]:
+        """Return (B,) tokens for (B, V) logits, and their log-probabilities when requested."""
+        config = self.config
+        raw = logits
+        if self.seen is not None:
+            logits = apply_penalties(
+                logits.float(),
+                self.seen,
+                self.counts,
+                config.repetition_penalty,
+                config.presence_penalty,
+                config.frequency_penalty,
+            )
+        tokens = sample_next_token(
+            logits, config.temperature, config.top_k, config.top_p, self.generator, config.min_p
+        )  # (B,)
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens[:, None], True)
+            self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(self.counts[:, :1]))
+        if not config.logprobs and not config.top_logprobs:
+            return tokens, None, None
+        logprobs = torch.log_softmax(raw.float(), dim=-1)  # (B, V)
+        chosen = logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
+        top = None
+        if config.top_logprobs:
+            values, ids = torch.topk(logprobs, config.top_logprobs, dim=-1)  # (B, top_logprobs)
+            top = [tuple(zip(row_ids, row_values)) for row_ids, row_values in zip(ids.tolist(), values.tolist())]
+        return tokens, chosen, top
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows in ``rows``."""
+        if self.seen is not None:
+            self.seen, self.counts = self.seen[rows], self.counts[rows]
 
 
 @torch.inference_mode()
@@ -57,11 +124,14 @@ def decode_tokens(
     stop_ids: Collection[int],
     vocab_size: int,
     generator: torch.Generator | None = None,
+    stop_check: Callable[[int, int], bool] | None = None,
 ) -> Iterator[TokenEvent]:
     """Generate tokens for every prompt until each one stops, yielding them step by step.
 
     Each prompt must be non-empty and shorter than ``model.config.max_len``; the caller checks this.
     Every prompt gets exactly one event with a ``finish_reason``, and it is the prompt's last event.
+    ``stop_check(row, token_id)``, called for every generated token that is not a stop id, ends
+    that row with ``"stop"`` (keeping the token) when it returns True.
     """
     device = next(model.parameters()).device
     max_len = model.config.max_len
@@ -70,6 +140,7 @@ def decode_tokens(
 
     input_ids, attention_mask = _left_pad(prompts, device)  # (B, S)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, S)
+    sampler = _Sampler(config, input_ids, attention_mask, vocab_size, generator)
     next_positions = position_ids[:, -1] + 1  # (B,) the position of each row's next token
     if not bool((attention_mask == 0).any()):
         attention_mask = None  # no padding: let the model take its unmasked path
@@ -78,15 +149,20 @@ def decode_tokens(
     logits = model(input_ids, position_ids, attention_mask, kv_cache)["logits"][:, -1, :vocab_size]  # (B, V)
 
     for step in itertools.count(1):
-        tokens = sample_next_token(logits, config.temperature, config.top_k, config.top_p, generator)  # (B,)
+        tokens, logprobs, top_logprobs = sampler.pick(logits)  # (B,)
         continuing = []  # batch indices of the rows that go on to the next step
         for index, (row, token_id) in enumerate(zip(rows, tokens.tolist())):
             if token_id in stop_ids:
                 yield TokenEvent(row, None, "stop")
+                continue
+            logprob = logprobs[index] if logprobs is not None else None
+            top = top_logprobs[index] if top_logprobs is not None else None
+            if stop_check is not None and stop_check(row, token_id):
+                yield TokenEvent(row, token_id, "stop", logprob, top)
             elif step == budgets[row]:
-                yield TokenEvent(row, token_id, "length")
+                yield TokenEvent(row, token_id, "length", logprob, top)
             else:
-                yield TokenEvent(row, token_id, None)
+                yield TokenEvent(row, token_id, None, logprob, top)
                 continuing.append(index)
         if not continuing:
             return
@@ -94,6 +170,7 @@ def decode_tokens(
         if len(continuing) < len(rows):
             index_tensor = torch.tensor(continuing, device=device)
             kv_cache.select(index_tensor)
+            sampler.select(index_tensor)
             tokens, next_positions = tokens[index_tensor], next_positions[index_tensor]
             rows = [rows[index] for index in continuing]
             if attention_mask is not None:

@@ -67,6 +67,44 @@ def generation_options(command: Callable) -> Callable:
             help="Sample among the most likely tokens holding this probability mass; 1.0 for all.",
         ),
         click.option(
+            "--min-p",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Sample among tokens at least this fraction as likely as the most likely one; 0 for all.",
+        ),
+        click.option(
+            "--repetition-penalty",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="Above 1 makes tokens of the prompt and the reply less likely; 1.0 turns it off.",
+        ),
+        click.option(
+            "--presence-penalty",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Subtracted from the logit of every token already generated, in [-2, 2].",
+        ),
+        click.option(
+            "--frequency-penalty",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Subtracted from a token's logit per time it was generated, in [-2, 2].",
+        ),
+        click.option(
+            "--stop",
+            multiple=True,
+            help="Stop before this string; it is left out of the reply. Repeat for several.",
+        ),
+        click.option(
+            "--truncate-prompt",
+            is_flag=True,
+            help="Keep the end of a prompt too long for the context instead of failing.",
+        ),
+        click.option(
             "--seed", type=int, default=None, help="Random seed; the same seed repeats the same output."
         ),
         click.option(

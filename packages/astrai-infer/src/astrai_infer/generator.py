@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ import torch
 from astrai_core import Tokenizer, Transformer, load_checkpoint
 
 from ._decoding import TokenEvent, decode_tokens
-from ._detokenize import IncrementalDetokenizer
+from ._stop import StopStringText
 from .config import GenerationConfig
 
 Prompt = str | Sequence[int] | Sequence[dict]
@@ -49,14 +49,22 @@ class Completion:
         text: The generated text, decoded from ``token_ids``.
         token_ids: The generated ids, without the stop token.
         prompt_tokens: Length of the encoded prompt, in tokens.
-        finish_reason: ``"stop"`` when the model generated a stop id, ``"length"`` when
-            ``max_new_tokens`` was reached or the model's context was full.
+        finish_reason: ``"stop"`` when the model generated a stop id or the text reached a stop
+            string, ``"length"`` when ``max_new_tokens`` was reached or the model's context was full.
+        logprobs: Log-probability of each id in ``token_ids``, when ``logprobs`` was requested.
+        top_logprobs: For each id in ``token_ids``, the ``top_logprobs`` most likely
+            ``(token_id, logprob)`` pairs, when requested.
+
+    With stop strings, ``text`` ends before the stop string while ``token_ids`` keeps every
+    generated id, including those that spell the stop string.
     """
 
     text: str
     token_ids: list[int]
     prompt_tokens: int
     finish_reason: str
+    logprobs: list[float] | None = None
+    top_logprobs: list[tuple[tuple[int, float], ...]] | None = None
 
 
 @dataclass
@@ -70,12 +78,20 @@ class StreamChunk:
         completion_tokens: Number of ids generated so far, not counting a stop id.
         finish_reason: ``None`` on every chunk except the last, which has ``"stop"`` or ``"length"``
             as in ``Completion``.
+        logprobs: Log-probabilities of the ids generated in this step (zero or one), when
+            requested.
+        top_logprobs: The most likely alternatives for those ids, when requested.
+
+    With stop strings, text that could be the start of a stop string is held back until a later
+    token rules it out, so a stream never shows any part of a stop string.
     """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    logprobs: list[float] | None = None
+    top_logprobs: list[tuple[tuple[int, float], ...]] | None = None
 
 
 class Generator:
@@ -153,7 +169,7 @@ class Generator:
             TypeError: An override is not a field of ``GenerationConfig``.
         """
         config = _resolve_config(config, overrides)
-        ids = self._encode_prompt(prompt, "prompt")
+        ids = self._encode_prompt(prompt, "prompt", config)
         with self._lock:
             return self._complete_batch([ids], config)[0]
 
@@ -179,7 +195,7 @@ class Generator:
                 f"prompts must be a list of prompts, got {type(prompts).__name__}; "
                 "use complete() for a single prompt"
             )
-        ids = [self._encode_prompt(prompt, f"prompts[{index}]") for index, prompt in enumerate(prompts)]
+        ids = [self._encode_prompt(prompt, f"prompts[{index}]", config) for index, prompt in enumerate(prompts)]
         if not ids:
             return []
         with self._lock:
@@ -208,7 +224,7 @@ class Generator:
         Takes the same arguments and raises the same errors as ``complete``.
         """
         config = _resolve_config(config, overrides)
-        ids = self._encode_prompt(prompt, "prompt")
+        ids = self._encode_prompt(prompt, "prompt", config)
         return self._stream(ids, config)
 
     def stream_generate(
@@ -220,38 +236,63 @@ class Generator:
     # Internals
 
     def _complete_batch(self, prompts: list[list[int]], config: GenerationConfig) -> list[Completion]:
-        token_ids: list[list[int]] = [[] for _ in prompts]
-        finish_reasons = [""] * len(prompts)
-        for event in self._decode(prompts, config):
+        completions = [Completion("", [], len(prompt), "") for prompt in prompts]
+        if config.logprobs or config.top_logprobs:
+            for completion in completions:
+                completion.logprobs = [] if config.logprobs else None
+                completion.top_logprobs = [] if config.top_logprobs else None
+        texts = [StopStringText(self.tokenizer, config.stop) for _ in prompts] if config.stop else None
+
+        def stop_check(row: int, token_id: int) -> bool:
+            texts[row].push(token_id)
+            return texts[row].stopped
+
+        for event in self._decode(prompts, config, stop_check if texts else None):
+            completion = completions[event.row]
             if event.token_id is not None:
-                token_ids[event.row].append(event.token_id)
+                completion.token_ids.append(event.token_id)
+                _append_logprobs(completion, event)
             if event.finish_reason is not None:
-                finish_reasons[event.row] = event.finish_reason
-        return [
-            Completion(self.tokenizer.decode(ids), ids, len(prompt), reason)
-            for prompt, ids, reason in zip(prompts, token_ids, finish_reasons)
-        ]
+                completion.finish_reason = event.finish_reason
+        for row, completion in enumerate(completions):
+            if texts is None:
+                completion.text = self.tokenizer.decode(completion.token_ids)
+            else:
+                texts[row].finish()
+                completion.text = texts[row].text
+        return completions
 
     def _stream(self, prompt: list[int], config: GenerationConfig) -> Iterator[StreamChunk]:
         with self._lock:
-            detokenizer = IncrementalDetokenizer(self.tokenizer)
+            text = StopStringText(self.tokenizer, config.stop)
+            released: list[str] = []  # text released since the last chunk
+
+            def stop_check(row: int, token_id: int) -> bool:
+                released.append(text.push(token_id))
+                return text.stopped
+
             completion_tokens = 0
-            for event in self._decode([prompt], config):
-                text = ""
+            for event in self._decode([prompt], config, stop_check):
+                chunk = StreamChunk("", len(prompt), completion_tokens, event.finish_reason)
                 if event.token_id is not None:
                     completion_tokens += 1
-                    text = detokenizer.push(event.token_id)
+                    chunk.completion_tokens = completion_tokens
+                    _append_logprobs(chunk, event)
                 if event.finish_reason is not None:
-                    text += detokenizer.flush()
-                yield StreamChunk(text, len(prompt), completion_tokens, event.finish_reason)
+                    released.append(text.finish())
+                chunk.text = "".join(released)
+                released.clear()
+                yield chunk
 
-    def _decode(self, prompts: list[list[int]], config: GenerationConfig) -> Iterator[TokenEvent]:
+    def _decode(
+        self, prompts: list[list[int]], config: GenerationConfig, stop_check: Callable[[int, int], bool] | None
+    ) -> Iterator[TokenEvent]:
         """Run the decoding loop, with a generator seeded for this call when ``config.seed`` is set."""
         seeded = None if config.seed is None else torch.Generator(device=self.device).manual_seed(config.seed)
         stop_ids, vocab_size = self.tokenizer.stop_ids, self.tokenizer.vocab_size
-        return decode_tokens(self.model, prompts, config, stop_ids, vocab_size, seeded)
+        return decode_tokens(self.model, prompts, config, stop_ids, vocab_size, seeded, stop_check)
 
-    def _encode_prompt(self, prompt: Prompt, name: str) -> list[int]:
+    def _encode_prompt(self, prompt: Prompt, name: str, config: GenerationConfig) -> list[int]:
         """Turn a prompt into token ids and check that it fits the model; ``name`` labels errors."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_bos=True)
@@ -269,10 +310,14 @@ class Generator:
             self._check_token_ids(ids, name)
 
         max_len = self.model.config.max_len
+        keep = max(1, max_len - config.max_new_tokens)  # leaves room for max_new_tokens when it can
+        if config.truncate_prompt and len(ids) > keep:
+            return ids[-keep:]
         if len(ids) >= max_len:
             raise ValueError(
                 f"{name} is {len(ids)} tokens long, but the model's max_len is {max_len} and must "
-                f"leave room for at least one new token; shorten it to at most {max_len - 1} tokens"
+                f"leave room for at least one new token; shorten it to at most {max_len - 1} tokens, "
+                "or pass truncate_prompt=True to keep only its last tokens"
             )
         return ids
 
@@ -289,6 +334,18 @@ class Generator:
                     f"{name} contains token id {token_id}, but the model's vocabulary has ids 0 to "
                     f"{vocab_size - 1}"
                 )
+
+
+def _append_logprobs(result: Completion | StreamChunk, event: TokenEvent) -> None:
+    """Add the event's log-probabilities to a completion or chunk that collects them."""
+    if event.logprob is not None:
+        if result.logprobs is None:
+            result.logprobs = []
+        result.logprobs.append(event.logprob)
+    if event.top_logprobs is not None:
+        if result.top_logprobs is None:
+            result.top_logprobs = []
+        result.top_logprobs.append(event.top_logprobs)
 
 
 def _resolve_config(config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
