@@ -8,6 +8,9 @@ Design choices:
   ``H`` query heads, ``K`` key/value heads, ``D`` head size, ``V`` vocabulary.
 - Without a cache or mask, attention runs with ``is_causal=True`` so PyTorch can pick its fused
   kernels. With a cache or a padding mask, an explicit boolean mask is built once per forward call.
+- Packed training windows hold several documents. Given ``document_ids``, the mask is causal and
+  block-diagonal, so no token attends to another document; the caller passes ``position_ids`` that
+  restart at each document. Without ``document_ids`` nothing changes.
 - The cache is preallocated (static), so decoding allocates nothing per token.
 """
 
@@ -221,6 +224,7 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute next-token logits.
 
@@ -230,6 +234,9 @@ class Transformer(nn.Module):
             attention_mask: (B, S) with 1 for real tokens and 0 for padding, over the cached and the
                 new positions. Used for left-padded batches; queries never attend to padded keys.
             kv_cache: A cache from ``make_kv_cache``; the new keys and values are appended to it.
+            document_ids: (B, T) document of each token in packed windows, e.g. ``0, 0, 1, 1, 1``;
+                a token attends only to earlier tokens of its own document. Training only: it
+                cannot be combined with ``kv_cache``.
         """
         B, T = input_ids.shape
         start = kv_cache.length if kv_cache is not None else 0
@@ -243,6 +250,8 @@ class Transformer(nn.Module):
         cos = self.rope_cos[position_ids].unsqueeze(1)  # (B, 1, T, D)
         sin = self.rope_sin[position_ids].unsqueeze(1)
         mask = self._attention_mask(B, T, start, attention_mask, kv_cache is not None, input_ids.device)
+        if document_ids is not None:
+            mask = self._document_mask(document_ids, mask, input_ids.shape, kv_cache is not None)
 
         x = self.embed_tokens(input_ids)  # (B, T, C)
         for block in self.layers:
@@ -255,6 +264,21 @@ class Transformer(nn.Module):
             kv_cache.length += T
         logits = self.lm_head(self.norm(x))  # (B, T, V)
         return {"logits": logits}
+
+    @staticmethod
+    def _document_mask(document_ids, mask, shape, cached) -> torch.Tensor:
+        """Restrict ``mask`` (or plain causal attention) to earlier tokens of the same document."""
+        if cached:
+            raise ValueError(
+                "document_ids cannot be combined with a kv_cache; pass document_ids only when training on packed windows"
+            )
+        if document_ids.shape != shape:
+            raise ValueError(f"document_ids must have the shape of input_ids {tuple(shape)}, got {tuple(document_ids.shape)}")
+        T = shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=document_ids.device).tril()  # (T, T)
+        same_document = document_ids[:, None, :, None] == document_ids[:, None, None, :]  # (B, 1, T, T)
+        document_mask = same_document & causal
+        return document_mask if mask is None else mask & document_mask
 
     @staticmethod
     def _attention_mask(B, T, start, attention_mask, cached, device) -> torch.Tensor | None:
