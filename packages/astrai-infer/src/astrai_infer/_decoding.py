@@ -27,6 +27,7 @@ Design choices:
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -125,14 +126,19 @@ def decode_tokens(
     vocab_size: int,
     generator: torch.Generator | None = None,
     stop_check: Callable[[int, int], bool] | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> Iterator[TokenEvent]:
     """Generate tokens for every prompt until each one stops, yielding them step by step.
 
     Each prompt must be non-empty and shorter than ``model.config.max_len``; the caller checks this.
     Every prompt gets exactly one event with a ``finish_reason``, and it is the prompt's last event.
     ``stop_check(row, token_id)``, called for every generated token that is not a stop id, ends
-    that row with ``"stop"`` (keeping the token) when it returns True.
+    that row with ``"stop"`` (keeping the token) when it returns True. ``forward(input_ids,
+    position_ids, attention_mask, kv_cache)`` returns the (B, 1, V) logits of the last position;
+    by default it is ``model``'s own forward.
     """
+    if forward is None:
+        forward = partial(_module_forward, model)
     device = next(model.parameters()).device
     max_len = model.config.max_len
     budgets = [min(config.max_new_tokens, max_len - len(ids)) for ids in prompts]
@@ -146,7 +152,7 @@ def decode_tokens(
         attention_mask = None  # no padding: let the model take its unmasked path
     # The last token is never fed back, so the cache needs S + max(budgets) - 1 positions at most.
     kv_cache = model.make_kv_cache(len(prompts), min(max_len, input_ids.shape[1] + max(budgets) - 1))
-    logits = model(input_ids, position_ids, attention_mask, kv_cache)["logits"][:, -1, :vocab_size]  # (B, V)
+    logits = forward(input_ids, position_ids, attention_mask, kv_cache)[:, -1, :vocab_size]  # (B, V)
 
     for step in itertools.count(1):
         tokens, logprobs, top_logprobs = sampler.pick(logits)  # (B,)
@@ -178,9 +184,13 @@ def decode_tokens(
 
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
-        logits = model(tokens[:, None], next_positions[:, None], attention_mask, kv_cache)["logits"]
+        logits = forward(tokens[:, None], next_positions[:, None], attention_mask, kv_cache)
         logits = logits[:, -1, :vocab_size]  # (B, V)
         next_positions = next_positions + 1
+
+
+def _module_forward(model, input_ids, position_ids, attention_mask, kv_cache) -> torch.Tensor:
+    return model(input_ids, position_ids, attention_mask, kv_cache)["logits"][:, -1:]  # (B, 1, V)
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

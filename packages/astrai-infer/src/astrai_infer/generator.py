@@ -35,6 +35,7 @@ import torch
 from astrai_core import Tokenizer, Transformer, load_checkpoint
 
 from ._decoding import TokenEvent, decode_tokens
+from ._fast_forward import FastForward
 from ._stop import StopStringText
 from .config import GenerationConfig
 
@@ -105,12 +106,17 @@ class Generator:
     Args:
         model: The model; it is switched to eval mode.
         tokenizer: The tokenizer whose ids the model was trained on.
+        fast: Decode with ``FastForward``, a lean copy of the model's forward pass (same logits up
+            to float rounding, fewer Python calls per token). ``False`` calls ``model`` itself.
+            It reads the weights now, so build a new Generator after changing them.
+        fuse: With ``fast``, concatenate each layer's q/k/v and gate/up weights into one matrix
+            each (fewer, larger matrix products; costs those weights' memory again).
 
     Raises:
         ValueError: The tokenizer has more ids than the model's vocabulary.
     """
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, fast: bool = True, fuse: bool = True):
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(
                 f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
@@ -120,6 +126,8 @@ class Generator:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self._lock = threading.Lock()
+        # Test doubles and other modules with Transformer's call signature run their own forward.
+        self._forward = FastForward(model, fuse=fuse) if fast and isinstance(model, Transformer) else None
 
     @classmethod
     def from_checkpoint(
@@ -290,7 +298,7 @@ class Generator:
         """Run the decoding loop, with a generator seeded for this call when ``config.seed`` is set."""
         seeded = None if config.seed is None else torch.Generator(device=self.device).manual_seed(config.seed)
         stop_ids, vocab_size = self.tokenizer.stop_ids, self.tokenizer.vocab_size
-        return decode_tokens(self.model, prompts, config, stop_ids, vocab_size, seeded, stop_check)
+        return decode_tokens(self.model, prompts, config, stop_ids, vocab_size, seeded, stop_check, self._forward)
 
     def _encode_prompt(self, prompt: Prompt, name: str, config: GenerationConfig) -> list[int]:
         """Turn a prompt into token ids and check that it fits the model; ``name`` labels errors."""

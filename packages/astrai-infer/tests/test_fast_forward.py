@@ -1,0 +1,69 @@
+"""FastForward must compute what Transformer.forward computes, on every path it has."""
+
+import pytest
+import torch
+
+from astrai_core import ModelConfig, Transformer
+from astrai_infer import GenerationConfig, Generator
+from astrai_infer._fast_forward import FastForward
+
+VARIANTS = {
+    "gqa": {},
+    "qk-norm": {"use_qk_norm": True},
+    "gated": {"use_gated_attention": True},
+    "mqa-tied": {"n_kv_heads": 1, "tie_embeddings": True},
+    "yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}},
+}
+
+
+def make_model(dtype=torch.float32, **overrides) -> Transformer:
+    torch.manual_seed(0)
+    fields = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, dim_ffn=96, max_len=64)
+    fields.update({"tie_embeddings": False, **overrides})
+    return Transformer(ModelConfig(**fields)).eval().to(dtype)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_prefill_and_decode_match_the_model(variant, fuse):
+    model = make_model(**VARIANTS[variant])
+    fast = FastForward(model, fuse=fuse)
+    tokens = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model(tokens)["logits"]  # (B, T, V)
+        cache = model.make_kv_cache(2)
+        positions = torch.arange(20).expand(2, 20)
+        pieces = [fast(tokens[:, :12], positions[:, :12], None, cache, logits_to_keep=12)]
+        for t in range(12, 20):
+            pieces.append(fast(tokens[:, t : t + 1], positions[:, t : t + 1], None, cache))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_prefill_matches_the_unpadded_model():
+    model = make_model(use_qk_norm=True)
+    fast = FastForward(model)
+    tokens = torch.randint(4, 97, (1, 6), generator=torch.Generator().manual_seed(2))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), tokens], dim=1)  # (1, 9)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        expected = model(tokens)["logits"][:, -1:]
+        logits = fast(padded, positions, mask, model.make_kv_cache(1))
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("settings", [{"fast": False}, {"fast": True, "fuse": False}, {"fast": True, "fuse": True}])
+def test_every_generator_path_gives_the_same_greedy_tokens(tokenizer, dtype, settings):
+    model = make_model(dtype, vocab_size=tokenizer.vocab_size, n_layers=3)
+    reference = Generator(model, tokenizer, fast=False)
+    generator = Generator(model, tokenizer, **settings)
+    prompts = ["The quick brown fox", "今天天气很好，", "a", [1, 50, 60, 70, 80, 90, 100]]
+    config = GenerationConfig(temperature=0, max_new_tokens=12)
+    expected = reference.complete_batch(prompts, config)
+    assert generator.complete_batch(prompts, config) == expected
+    assert [generator.complete(prompt, config) for prompt in prompts] == expected
+
+
+def test_generator_uses_fast_forward_by_default(generator):
+    assert isinstance(generator._forward, FastForward) and generator._forward.fused
