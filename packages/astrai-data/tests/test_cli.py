@@ -49,7 +49,7 @@ def test_pack_prints_summary(tmp_path: Path, text_corpus: Path, tokenizer_path: 
     )
 
     assert result.exit_code == 0, result.output
-    assert f"packing text records from {text_corpus}: 6 files" in result.stderr
+    assert f"packing text records (detected) from {text_corpus}: 6 files" in result.stderr
     fields = summary(result)
     assert fields["documents"] == "6"
     assert fields["windows"].endswith("of 17 tokens")
@@ -115,7 +115,7 @@ def test_library_errors_are_one_line(
     invalid = run("pack", tmp_path / "bad", tmp_path / "out.arrow", "--tokenizer", tokenizer_path)
     not_packed = run("inspect", tmp_path / "plain.arrow")
 
-    assert_one_line_error(mixed, "pass --kind text or --kind chat")
+    assert_one_line_error(mixed, "pass --kind chat or --kind text")
     assert_one_line_error(invalid, "chat.jsonl:2: invalid JSON")
     assert_one_line_error(not_packed, "plain.arrow is not an Arrow IPC file")
     assert not (tmp_path / "out.arrow").exists()
@@ -145,7 +145,8 @@ def test_pack_kind_and_skip_invalid(
     )
 
     assert result.exit_code == 0, result.output
-    assert "leaving out 6 files of the other kind" in result.stderr
+    assert "packing chat records (--kind)" in result.stderr
+    assert "leaving out 6 files of other kinds" in result.stderr
     warnings = [record.getMessage() for record in caplog.records]
     assert len(warnings) == 2
     assert "sft.jsonl:5: invalid JSON" in warnings[0]
@@ -190,3 +191,90 @@ def test_tokenizer_train_bad_vocab_size(tmp_path: Path, text_corpus: Path) -> No
 
     assert too_small.exit_code == 2
     assert_one_line_error(too_large, "Vocabulary size too high")
+
+
+def test_pack_summary_accounts_for_every_token(
+    tmp_path: Path, tokenizer_path: Path, write_jsonl: Callable, conversation: Callable
+) -> None:
+    long = conversation(("user", "The river runs past the mill. " * 10), ("assistant", "Yes."))
+    path = write_jsonl(tmp_path / "chat.jsonl", [long, conversation(("user", "Hi"), ("assistant", "Hello."))])
+
+    truncate = run("pack", path, tmp_path / "t.arrow", "--tokenizer", tokenizer_path, "--seq-len", "40")
+    drop = run(
+        "pack", path, tmp_path / "d.arrow", "--tokenizer", tokenizer_path, "--seq-len", "40", "--too-long", "drop"
+    )
+
+    assert truncate.exit_code == 0, truncate.output
+    assert drop.exit_code == 0, drop.output
+    for result, policy in ((truncate, "truncate"), (drop, "drop")):
+        fields = summary(result)
+        numbers = [int(word.replace(",", "")) for word in fields["tokens"].split() if word[0].isdigit()]
+        tokens_in, stored, truncated, dropped = numbers
+        assert tokens_in == stored + truncated + dropped
+        assert fields["too_long"] == policy
+    assert summary(truncate)["truncated"] == "1"
+    assert summary(drop)["dropped"] == "1"
+
+
+def test_pack_and_inspect_preference_pairs(tmp_path: Path, tokenizer_path: Path, write_jsonl: Callable) -> None:
+    pairs = [
+        {"prompt": "Where does the cat sleep?", "chosen": "On the windowsill.", "rejected": "小猫睡在河里。"},
+        {"prompt": "你好", "chosen": "你好！", "rejected": "Go away."},
+    ]
+    write_jsonl(tmp_path / "dpo.jsonl", pairs)
+
+    packed = run("pack", tmp_path / "dpo.jsonl", tmp_path / "dpo.arrow", "--tokenizer", tokenizer_path, "--seq-len", "64")
+    result = run("inspect", tmp_path / "dpo.arrow", "--show", "1", "--tokenizer", tokenizer_path)
+
+    assert packed.exit_code == 0, packed.output
+    assert summary(packed)["kind"] == "preference (detected)"
+    assert summary(packed)["windows"] == "2 pairs of 2 x 65 tokens"
+    assert result.exit_code == 0, result.output
+    fields = summary(result)
+    assert fields["windows"] == "2 pairs"
+    assert fields["languages"].endswith("of tokens (on 2 of 2 pairs)")
+    assert "⟦<s><|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n⟧你好！<|im_end|>⟦" in result.stdout
+    assert "⟧Go away.<|im_end|>⟦" in result.stdout
+
+
+def test_inspect_reports_coverage_languages_and_prompts(
+    tmp_path: Path, tokenizer_path: Path, write_jsonl: Callable, conversation: Callable
+) -> None:
+    write_jsonl(tmp_path / "chat.jsonl", [conversation(("user", "你好吗？"), ("assistant", "我很好。"))])
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Two and two?", "answer": "4"}])
+    for name in ("chat", "prompts"):
+        run("pack", tmp_path / f"{name}.jsonl", tmp_path / f"{name}.arrow", "--tokenizer", tokenizer_path, "--seq-len", "40")
+
+    chat = run("inspect", tmp_path / "chat.arrow", "--tokenizer", tokenizer_path)
+    no_tokenizer = run("inspect", tmp_path / "chat.arrow")
+    prompts = run("inspect", tmp_path / "prompts.arrow", "--show", "0", "--tokenizer", tokenizer_path)
+
+    assert chat.exit_code == 0, chat.output
+    fields = summary(chat)
+    coverage = float(fields["coverage"].split("%")[0])
+    assert 0 < coverage < 100
+    assert float(fields["padding"].split("%")[0]) > 0
+    assert fields["languages"].startswith("zh 100.0%, en 0.0% of tokens")
+    assert summary(no_tokenizer)["languages"] == "pass --tokenizer to measure"
+    assert prompts.exit_code == 0, prompts.output
+    assert summary(prompts)["coverage"].startswith("0.0%")
+    assert "⟦<s><|im_start|>user\nTwo and two?<|im_end|>\n<|im_start|>assistant\n⟧\nanswer: 4" in prompts.stdout
+
+
+def test_pack_normalize_option(tmp_path: Path, tokenizer_path: Path) -> None:
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "doc.txt").write_text("全角：ＡＢＣ，“引号”。\n", encoding="utf-8")
+
+    kept = run("pack", tmp_path / "corpus", tmp_path / "kept.arrow", "--tokenizer", tokenizer_path)
+    folded = run(
+        "pack", tmp_path / "corpus", tmp_path / "nfkc.arrow", "--tokenizer", tokenizer_path, "--normalize", "nfkc"
+    )
+    shown = {
+        name: run("inspect", tmp_path / f"{name}.arrow", "--show", "0", "--tokenizer", tokenizer_path).stdout
+        for name in ("kept", "nfkc")
+    }
+
+    assert summary(kept)["normalize"] == "none"
+    assert summary(folded)["normalize"] == "nfkc"
+    assert "<s>全角：ＡＢＣ，“引号”。\n</s>" in shown["kept"]
+    assert "<s>全角:ABC,“引号”。\n</s>" in shown["nfkc"]

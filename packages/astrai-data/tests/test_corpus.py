@@ -59,7 +59,7 @@ def test_auto_kind_rejects_mixed_folder(
     write_text_corpus(tmp_path / "pretrain", documents[:2])
     write_jsonl(tmp_path / "sft.jsonl", conversations)
 
-    with pytest.raises(CorpusError, match="mixes text and chat.*--kind"):
+    with pytest.raises(CorpusError, match="mixes record kinds.*pass --kind chat or --kind text"):
         Corpus(tmp_path)
 
 
@@ -99,9 +99,9 @@ def test_missing_and_empty_corpus(tmp_path: Path, documents: list[str]) -> None:
 
 
 def test_unknown_record_shape_needs_kind(tmp_path: Path, write_jsonl: Callable) -> None:
-    write_jsonl(tmp_path / "dpo.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    write_jsonl(tmp_path / "notes.jsonl", [{"title": "q", "body": "a"}])
 
-    with pytest.raises(CorpusError, match="has a 'text' or 'messages' field.*--kind"):
+    with pytest.raises(CorpusError, match="has a 'text', 'messages', 'prompt' or 'chosen'/'rejected' field.*--kind"):
         Corpus(tmp_path)
 
 
@@ -125,11 +125,40 @@ INVALID_CHAT = [
 ]
 
 
-@pytest.mark.parametrize(("line", "problem"), INVALID_JSONL + INVALID_CHAT)
+PAIR = {"prompt": "Hi", "chosen": "Hello.", "rejected": "Go away."}
+INVALID_PREFERENCE = [
+    (b'{"prompt": "Hi", "chosen": "Hello."}', "missing 'rejected' field"),
+    (b'{"prompt": 7, "chosen": "a", "rejected": "b"}', "'prompt' must be a non-empty list"),
+    (b'{"prompt": "  ", "chosen": "a", "rejected": "b"}', "'prompt' is an empty string"),
+    (b'{"prompt": "Hi", "chosen": "", "rejected": "b"}', "'chosen' is an empty string"),
+    (b'{"prompt": "Hi", "chosen": "a", "rejected": [{"role": "user", "content": "b"}]}', "'rejected' has no assistant"),
+    (b'{"prompt": "Hi", "chosen": [{"role": "bot", "content": "a"}], "rejected": "b"}', r"chosen\[0\].role must be one of"),
+]
+
+PROMPT = {"prompt": "What is two and two?", "answer": "4"}
+INVALID_PROMPT = [
+    (b'{"prompt": "Hi", "answer": 4}', "'answer' must be a string or null, got int; write it as \"4\""),
+    (b'{"prompt": "Hi", "messages": []}', "has both 'prompt' and 'messages'"),
+    (b'{"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}', "ends with an assistant"),
+    (b'{"answer": "4"}', "missing 'messages' field"),
+]
+
+FIRST_RECORD = [({"text": "valid"}, INVALID_JSONL), (PAIR, INVALID_PREFERENCE), (PROMPT, INVALID_PROMPT)]
+
+
+def valid_first_record(line: bytes, problem: str, conversation: dict) -> dict:
+    """Return a valid record of the kind the invalid ``line`` is tested as."""
+    for record, cases in FIRST_RECORD:
+        if (line, problem) in cases:
+            return record
+    return conversation
+
+
+@pytest.mark.parametrize(("line", "problem"), INVALID_JSONL + INVALID_CHAT + INVALID_PREFERENCE + INVALID_PROMPT)
 def test_invalid_jsonl_record_names_file_and_line(
     tmp_path: Path, line: bytes, problem: str, conversations: list[dict], write_jsonl: Callable
 ) -> None:
-    first = {"text": "valid"} if (line, problem) in INVALID_JSONL else conversations[0]
+    first = valid_first_record(line, problem, conversations[0])
     path = write_jsonl(tmp_path / "data.jsonl", [first, b"", line, first])
 
     with pytest.raises(CorpusError, match=problem) as raised:
@@ -178,3 +207,58 @@ def test_skip_count_resets_on_each_pass(
     list(corpus)
 
     assert corpus.skipped == 2
+
+
+def test_record_kinds_detected_and_normalised_to_messages(
+    tmp_path: Path, conversations: list[dict], write_jsonl: Callable
+) -> None:
+    prompt_turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    write_jsonl(tmp_path / "dpo.jsonl", [PAIR, {"prompt": prompt_turns, "chosen": "A", "rejected": "B"}])
+    write_jsonl(tmp_path / "grpo.jsonl", [PROMPT, {"messages": prompt_turns}])
+
+    pairs = Corpus(tmp_path / "dpo.jsonl")
+    prompts = Corpus(tmp_path / "grpo.jsonl")
+    first_pair, second_pair = list(pairs)
+    first_prompt, second_prompt = list(prompts)
+
+    assert (pairs.kind, pairs.detected, prompts.kind) == ("preference", True, "prompt")
+    assert first_pair.prompt == [{"role": "user", "content": "Hi"}]
+    assert first_pair.chosen == [{"role": "assistant", "content": "Hello."}]
+    assert first_pair.rejected == [{"role": "assistant", "content": "Go away."}]
+    assert second_pair.prompt == prompt_turns
+    assert (first_prompt.prompt, first_prompt.answer) == ([{"role": "user", "content": PROMPT["prompt"]}], "4")
+    assert (second_prompt.prompt, second_prompt.answer) == (prompt_turns, None)
+    with pytest.raises(CorpusError, match="mixes record kinds"):
+        Corpus(tmp_path)
+
+
+def test_chat_file_read_as_prompts_with_kind(tmp_path: Path, write_jsonl: Callable) -> None:
+    question = {"messages": [{"role": "user", "content": "Why?"}]}
+    chat = {"messages": [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}]}
+    write_jsonl(tmp_path / "chat.jsonl", [chat])
+    write_jsonl(tmp_path / "questions.jsonl", [question])
+
+    as_prompts = Corpus(tmp_path / "questions.jsonl", kind="prompt")
+    chats = Corpus(tmp_path, kind="chat")
+
+    assert [record.kind for record in as_prompts] == ["prompt"]
+    assert Corpus(tmp_path / "questions.jsonl").kind == "prompt"  # no assistant reply: detected as a prompt
+    assert chats.files == [tmp_path / "chat.jsonl", tmp_path / "questions.jsonl"]
+    with pytest.raises(CorpusError, match="questions.jsonl:1: conversation has no assistant message"):
+        list(chats)
+
+
+def test_text_kept_unless_normalisation_requested(tmp_path: Path, write_jsonl: Callable) -> None:
+    text = "全角标点：“你好”，ＡＢＣ　１２３！\r\n  two spaces\n\n"
+    (tmp_path / "doc.txt").write_text(text, encoding="utf-8", newline="")
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "（问）"}, {"role": "assistant", "content": "ＯＫ"}]}])
+
+    kept = next(iter(Corpus(tmp_path / "doc.txt")))
+    normalised = next(iter(Corpus(tmp_path / "doc.txt", normalize="nfkc")))
+    chat = next(iter(Corpus(tmp_path / "chat.jsonl", normalize="nfkc")))
+
+    assert kept.text == text
+    assert normalised.text == "全角标点:“你好”,ABC 123!\r\n  two spaces\n\n"
+    assert chat.messages == [{"role": "user", "content": "(问)"}, {"role": "assistant", "content": "OK"}]
+    with pytest.raises(CorpusError, match="normalize='nfkd' is not supported"):
+        Corpus(tmp_path, normalize="nfkd")

@@ -23,12 +23,15 @@ from astrai_core import Tokenizer
 
 from .__about__ import __version__
 from .corpus import Corpus
-from .dataset import PackedDataset
-from .format import COUNT_FIELDS
-from .packing import pack_corpus
+from .dataset import open_dataset
+from .inspection import inspect_pack
+from .packing import PackStats, pack_corpus
+from .records import NORMALIZATIONS, RECORD_KINDS
 from .tokenizer_training import measure_compression, train_tokenizer
+from .truncation import TOO_LONG_POLICIES
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"
+ROW_NOUNS = {"text": "window", "chat": "window", "preference": "pair", "prompt": "prompt"}
 
 
 @contextmanager
@@ -54,7 +57,7 @@ def _format_bytes(size: int) -> str:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="astrai-data")
 def main() -> None:
-    """Prepare AstrAI training data: train a tokenizer, pack a corpus into token windows, inspect them."""
+    """Prepare AstrAI training data: train a tokenizer, pack a corpus into rows, inspect them."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
@@ -63,6 +66,14 @@ skip_invalid_option = click.option(
     is_flag=True,
     help="Skip and count invalid records (bad UTF-8 or JSON, missing fields, empty documents) "
     "instead of stopping at the first one.",
+)
+normalize_option = click.option(
+    "--normalize",
+    type=click.Choice(NORMALIZATIONS),
+    default="none",
+    show_default=True,
+    help="Unicode normalisation of every string: none keeps the text exactly as stored; nfkc also "
+    "turns full-width punctuation and letters into their ASCII forms.",
 )
 
 
@@ -85,11 +96,20 @@ skip_invalid_option = click.option(
 )
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "text", "chat"]),
+    type=click.Choice(["auto", *RECORD_KINDS]),
     default="auto",
     show_default=True,
-    help="Records to pack: text documents, chat conversations, or auto to detect the kind from the "
-    "files (fails if the corpus has both).",
+    help="Records to pack: text documents, chat conversations, preference pairs, or prompts with "
+    "reference answers; auto detects the kind from the files and fails if the corpus mixes kinds.",
+)
+@click.option(
+    "--too-long",
+    type=click.Choice(TOO_LONG_POLICIES),
+    default="truncate",
+    show_default=True,
+    help="Conversations, pairs and prompts longer than a window: truncate shortens the prompt side "
+    "first (down to half a window), then the response; drop leaves them out. Text documents "
+    "continue in the next window instead.",
 )
 @click.option(
     "--workers",
@@ -97,6 +117,7 @@ skip_invalid_option = click.option(
     default=None,
     help="Tokenizer processes; 1 tokenizes in the main process.  [default: number of CPUs]",
 )
+@normalize_option
 @skip_invalid_option
 def pack(
     corpus_path: Path,
@@ -104,43 +125,67 @@ def pack(
     tokenizer_path: Path,
     seq_len: int,
     kind: str,
+    too_long: str,
     workers: int | None,
+    normalize: str,
     skip_invalid: bool,
 ) -> None:
-    """Tokenize CORPUS into windows of seq-len + 1 tokens and write them to OUT.arrow.
+    """Tokenize CORPUS and write its rows to OUT.arrow.
 
     CORPUS is a folder, searched recursively, of .txt files (one document each) and .jsonl files
-    (one {"text": ...} or {"messages": [...]} record per line), or a single such file.
+    (one {"text": ...}, {"messages": [...]}, {"prompt", "chosen", "rejected"} or
+    {"prompt", "answer"} record per line), or a single such file. For prompts, --seq-len is the
+    maximum prompt length.
     """
     with _library_errors():
         tokenizer = Tokenizer(tokenizer_path)
-        corpus = Corpus(corpus_path, kind=kind, skip_invalid=skip_invalid)
+        corpus = Corpus(corpus_path, kind=kind, skip_invalid=skip_invalid, normalize=normalize)
         click.echo(
-            f"packing {corpus.kind} records from {corpus_path}: {_count(len(corpus.files), 'file')}, "
-            f"{_format_bytes(corpus.total_bytes)}",
+            f"packing {corpus.kind} records ({'detected' if corpus.detected else '--kind'}) from "
+            f"{corpus_path}: {_count(len(corpus.files), 'file')}, {_format_bytes(corpus.total_bytes)}",
             err=True,
         )
         if corpus.left_out:
-            click.echo(f"leaving out {_count(len(corpus.left_out), 'file')} of the other kind", err=True)
+            click.echo(f"leaving out {_count(len(corpus.left_out), 'file')} of other kinds", err=True)
         with click.progressbar(length=corpus.total_bytes, label="tokenizing", file=sys.stderr) as bar:
             stats = pack_corpus(
-                corpus, tokenizer, output, seq_len=seq_len, workers=workers, on_progress=bar.update
+                corpus,
+                tokenizer,
+                output,
+                seq_len=seq_len,
+                workers=workers,
+                too_long=too_long,
+                on_progress=bar.update,
             )
+    _echo_table(_pack_summary(stats, detected=corpus.detected))
 
-    rows = [
+
+def _pack_summary(stats: PackStats, detected: bool) -> list[tuple[str, str]]:
+    if stats.kind == "preference":
+        rows = f"{_count(stats.windows, 'pair')} of 2 x {stats.seq_len + 1} tokens"
+    elif stats.kind == "prompt":
+        rows = f"{_count(stats.windows, 'prompt')} of at most {stats.seq_len} tokens"
+    else:
+        rows = f"{stats.windows:,} of {stats.seq_len + 1} tokens"
+    return [
         ("output", str(stats.output)),
-        ("kind", stats.kind),
+        ("kind", f"{stats.kind} ({'detected' if detected else '--kind'})"),
         ("documents", f"{stats.documents:,}"),
-        ("tokens", f"{stats.tokens:,}"),
-        ("windows", f"{stats.windows:,} of {stats.seq_len + 1} tokens"),
+        ("windows", rows),
+        (
+            "tokens",
+            f"{stats.tokens_in:,} in = {stats.tokens:,} stored + {stats.truncated_tokens:,} truncated "
+            f"+ {stats.dropped_tokens:,} dropped",
+        ),
         ("skipped", f"{stats.skipped:,}"),
         ("truncated", f"{stats.truncated:,}"),
         ("dropped", f"{stats.dropped:,}"),
+        ("too_long", stats.too_long),
+        ("normalize", stats.normalize),
         ("bytes", f"{stats.output_bytes:,} ({_format_bytes(stats.output_bytes)})"),
         ("seconds", f"{stats.seconds:.2f}"),
         ("tokens/s", f"{stats.tokens_per_second:,.0f}"),
     ]
-    _echo_table(rows)
 
 
 @main.group("tokenizer")
@@ -171,8 +216,11 @@ def tokenizer_group() -> None:
     type=click.IntRange(min=1),
     help="Lines sampled from the corpus for training; bounds training time and memory.",
 )
+@normalize_option
 @skip_invalid_option
-def train(corpus_path: Path, output: Path, vocab_size: int, max_sentences: int, skip_invalid: bool) -> None:
+def train(
+    corpus_path: Path, output: Path, vocab_size: int, max_sentences: int, normalize: str, skip_invalid: bool
+) -> None:
     """Train a BPE tokenizer on every text in CORPUS and report its compression per language.
 
     Training uses the .txt documents, the text of .jsonl text records and the content of every chat
@@ -182,7 +230,7 @@ def train(corpus_path: Path, output: Path, vocab_size: int, max_sentences: int, 
     """
     started = time.perf_counter()
     with _library_errors():
-        corpus = Corpus(corpus_path, kind="any", skip_invalid=skip_invalid)
+        corpus = Corpus(corpus_path, kind="any", skip_invalid=skip_invalid, normalize=normalize)
         click.echo(
             f"training a {vocab_size:,}-token tokenizer on {corpus_path}: "
             f"{_count(len(corpus.files), 'file')}, {_format_bytes(corpus.total_bytes)}",
@@ -216,48 +264,86 @@ def train(corpus_path: Path, output: Path, vocab_size: int, max_sentences: int, 
     type=int,
     default=None,
     metavar="N",
-    help=f"Also print window N decoded, with the tokens of loss mask 0 between {MASK_OPEN} and {MASK_CLOSE} "
-    "(needs --tokenizer).",
+    help=f"Also print record N (a window, pair or prompt) decoded, with the tokens of loss mask 0 "
+    f"between {MASK_OPEN} and {MASK_CLOSE} (needs --tokenizer).",
 )
 @click.option(
     "--tokenizer",
     "tokenizer_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="The tokenizer the file was packed with; checked against the file's fingerprint.",
+    help="The tokenizer the file was packed with; checked against the file's fingerprint, and needed "
+    "to measure the share of each language.",
 )
-def inspect(file: Path, show: int | None, tokenizer_path: Path | None) -> None:
-    """Print the metadata and counts of a packed FILE.arrow, and optionally one decoded window."""
+@click.option(
+    "--sample-rows",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Rows, spread evenly over the file, decoded to measure the share of each language.",
+)
+def inspect(file: Path, show: int | None, tokenizer_path: Path | None, sample_rows: int) -> None:
+    """Print the counts of a packed FILE.arrow, its mask coverage and languages, and optionally one record."""
     if show is not None and tokenizer_path is None:
-        raise click.UsageError("--show needs --tokenizer TOK.model to decode the window")
+        raise click.UsageError("--show needs --tokenizer TOK.model to decode the record")
     with _library_errors():
-        dataset = PackedDataset(file)
+        dataset = open_dataset(file)
         tokenizer = Tokenizer(tokenizer_path) if tokenizer_path is not None else None
         if tokenizer is not None:
             dataset.check_tokenizer(tokenizer)
+    noun = ROW_NOUNS[dataset.kind]
     if show is not None and not 0 <= show < len(dataset):
         raise click.BadParameter(
-            f"window {show} is out of range; the file has {_count(len(dataset), 'window')} "
-            f"(0 to {len(dataset) - 1})",
+            f"{noun} {show} is out of range; the file has {_count(len(dataset), noun)} (0 to {len(dataset) - 1})",
             param_hint="--show",
         )
 
-    metadata = dataset.metadata
+    metadata, counts = dataset.metadata, dataset.metadata["counts"]
+    report = inspect_pack(dataset, tokenizer, sample_rows=sample_rows)
     rows = [
         ("file", str(file)),
         ("kind", metadata["kind"]),
         ("seq_len", str(metadata["seq_len"])),
         ("vocab_size", f"{metadata['vocab_size']:,}"),
         ("tokenizer", metadata["tokenizer_sha256"][:16] + (" (matches)" if tokenizer is not None else "")),
+        ("too_long", metadata["too_long"]),
+        ("normalize", metadata["normalize"]),
         ("astrai-data", metadata["astrai_data_version"]),
+        ("documents", f"{counts['documents']:,}"),
+        ("windows", f"{_count(counts['windows'], noun)}"),
+        ("tokens_in", f"{counts['tokens_in']:,}"),
+        ("tokens", f"{counts['tokens']:,} stored"),
+        ("truncated", f"{_count(counts['truncated'], 'record')}, {_count(counts['truncated_tokens'], 'token')}"),
+        ("dropped", f"{_count(counts['dropped'], 'record')}, {_count(counts['dropped_tokens'], 'token')}"),
+        ("skipped", f"{_count(counts['skipped'], 'invalid record')}"),
+        ("coverage", f"{report.mask_coverage:.1%} of stored tokens are training targets"),
+        ("padding", f"{report.padding_share:.1%} of token positions"),
+        ("languages", _language_line(report.language_shares(), report.sampled_rows, len(dataset), noun)),
     ]
-    rows += [(name, f"{metadata['counts'][name]:,}") for name in COUNT_FIELDS]
     _echo_table(rows)
 
     if show is not None and tokenizer is not None:
-        input_ids, loss_mask = dataset.window(show)
-        click.echo(f"\nwindow {show} ({MASK_OPEN}...{MASK_CLOSE}: loss mask 0, not trained on):")
-        click.echo(_render_window(tokenizer, input_ids.tolist(), loss_mask.tolist()))
+        click.echo(f"\n{noun} {show} ({MASK_OPEN}...{MASK_CLOSE}: loss mask 0, not trained on):")
+        click.echo(_render_record(tokenizer, dataset.kind, dataset.row(show)))
+
+
+def _language_line(shares: dict[str, float] | None, sampled: int, total: int, noun: str) -> str:
+    if shares is None:
+        return "pass --tokenizer to measure"
+    measured = ", ".join(f"{language} {share:.1%}" for language, share in shares.items())
+    return f"{measured} of tokens (on {sampled:,} of {_count(total, noun)})"
+
+
+def _render_record(tokenizer: Tokenizer, kind: str, row: dict) -> str:
+    if kind in ("text", "chat"):
+        return _render_window(tokenizer, row["input_ids"].tolist(), row["loss_mask"].tolist())
+    if kind == "preference":
+        chosen = _render_window(tokenizer, row["chosen_ids"].tolist(), row["chosen_mask"].tolist())
+        rejected = _render_window(tokenizer, row["rejected_ids"].tolist(), row["rejected_mask"].tolist())
+        return f"chosen:\n{chosen}\nrejected:\n{rejected}"
+    prompt = _render_window(tokenizer, row["prompt_ids"].tolist(), [0] * len(row["prompt_ids"]))
+    answer = "(none)" if row["answer"] is None else row["answer"]
+    return f"{prompt}\nanswer: {answer}"
 
 
 def _echo_table(rows: Sequence[tuple[str, ...]]) -> None:

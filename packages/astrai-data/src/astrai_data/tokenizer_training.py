@@ -2,8 +2,8 @@
 
 Design choices:
 - Training reads every string of the corpus, whatever the record kind: ``.txt`` documents, the
-  ``text`` of ``.jsonl`` records and the ``content`` of every chat message, so the vocabulary also
-  fits the fine-tuning conversations.
+  ``text`` of ``.jsonl`` records, the ``content`` of every message (chats, prompts, chosen and
+  rejected responses) and reference answers, so the vocabulary also fits the fine-tuning data.
 - Compression (characters per token) is measured separately on Chinese and on English documents, as
   ``detect_language`` classifies each one. A vocabulary that serves one language can split the other
   into single bytes, and one average over both would hide that.
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from astrai_core import Tokenizer, detect_language
 
-from .corpus import Corpus, Record
+from .corpus import Corpus
+from .records import Record, record_strings
 
 LANGUAGES = ("zh", "en")
 
@@ -45,12 +46,9 @@ class LanguageCompression:
 
 
 def corpus_texts(corpus: Corpus) -> Iterator[str]:
-    """Yield every string of the corpus: each text document and each chat message's content."""
+    """Yield every string of the corpus: each text document, each message's content and each answer."""
     for record in corpus:
-        if record.text is not None:
-            yield record.text
-        else:
-            yield from (message["content"] for message in record.messages or [])
+        yield from record_strings(record)
 
 
 def train_tokenizer(
@@ -139,6 +137,4 @@ def measure_compression(
 
 
 def _document_text(record: Record) -> str:
-    if record.text is not None:
-        return record.text
-    return "\n".join(message["content"] for message in record.messages or [])
+    return "\n".join(record_strings(record))
