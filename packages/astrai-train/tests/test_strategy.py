@@ -77,3 +77,25 @@ def test_user_strategy_registration():
 def test_register_rejects_non_strategy():
     with pytest.raises(TypeError):
         StrategyFactory.register("bad")(object)
+
+
+def test_packed_document_ids_reach_the_model():
+    class RecordingModel(ConstantModel):
+        def forward(self, input_ids, **document_inputs):
+            self.document_inputs = document_inputs
+            return super().forward(input_ids)
+
+    model = RecordingModel(4)
+    batch = {
+        "input_ids": torch.zeros(1, 4, dtype=torch.long),
+        "labels": torch.zeros(1, 4, dtype=torch.long),
+        "position_ids": torch.tensor([[0, 1, 0, 1]]),
+        "document_ids": torch.tensor([[0, 0, 1, 1]]),
+    }
+    for name in ("seq", "sft"):
+        StrategyFactory.create(name, model).compute_loss(batch)
+        assert model.document_inputs["position_ids"].tolist() == [[0, 1, 0, 1]]
+        assert model.document_inputs["document_ids"].tolist() == [[0, 0, 1, 1]]
+
+    StrategyFactory.create("seq", model).compute_loss({k: batch[k] for k in ("input_ids", "labels")})
+    assert model.document_inputs == {}

@@ -4,7 +4,9 @@ Design choices:
 - A strategy owns only the objective. The trainer owns the loop, the optimizer and the devices, so a
   new objective is one small class registered by name with ``StrategyFactory.register``.
 - Batches are dicts of tensors as ``astrai_data.PackedDataset`` yields them: ``input_ids`` (B, T)
-  and ``labels`` (B, T), with -100 wherever no loss is taken (padding, prompt tokens in SFT).
+  and ``labels`` (B, T), with -100 wherever no loss is taken (padding, prompt tokens in SFT), and
+  ``position_ids`` and ``document_ids`` (B, T). When a batch has the last two, SEQ and SFT pass
+  them to the model, so documents packed into one window do not attend to each other.
 - ``compute_loss`` returns the mean over the tokens that carry loss, and the number of those tokens,
   so the trainer can report tokens per second of real supervision.
 """
@@ -76,7 +78,12 @@ class SEQStrategy(BaseStrategy):
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
         labels = batch["labels"].to(self.device, non_blocking=True)
-        logits = self.model(input_ids)["logits"]  # (B, T, V)
+        document_inputs = {
+            name: batch[name].to(self.device, non_blocking=True)
+            for name in ("position_ids", "document_ids")
+            if name in batch
+        }
+        logits = self.model(input_ids, **document_inputs)["logits"]  # (B, T, V)
         loss, num_tokens = token_cross_entropy(logits, labels, self.label_smoothing)
         return LossOutput(loss, num_tokens)
 
