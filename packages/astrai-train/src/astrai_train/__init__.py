@@ -4,7 +4,7 @@ from .__about__ import __version__
 from .callbacks import CheckpointCallback, MetricLoggerCallback, ProgressCallback, TrainCallback
 from .config import OptimizerConfig, ScheduleConfig, TrainConfig
 from .context import TrainContext, TrainContextBuilder, latest_checkpoint
-from .sampler import ResumableRandomSampler
+from .distributed import DistributedState, spawn_parallel_fn
 from .schedule import build_scheduler, lr_multiplier
 from .strategy import BaseStrategy, LossOutput, SEQStrategy, SFTStrategy, StrategyFactory
 from .evaluation import evaluate_by_language, evaluate_loss, language_groups
@@ -14,11 +14,11 @@ from .trainer import Trainer, default_callbacks
 __all__ = [
     "BaseStrategy",
     "CheckpointCallback",
+    "DistributedState",
     "LossOutput",
     "MetricLoggerCallback",
     "OptimizerConfig",
     "ProgressCallback",
-    "ResumableRandomSampler",
     "SEQStrategy",
     "SFTStrategy",
     "ScheduleConfig",
@@ -37,4 +37,5 @@ __all__ = [
     "language_groups",
     "latest_checkpoint",
     "lr_multiplier",
+    "spawn_parallel_fn",
 ]

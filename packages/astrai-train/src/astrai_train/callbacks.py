@@ -26,7 +26,13 @@ logger = logging.getLogger(__name__)
 
 
 class TrainCallback:
-    """Base class; override the hooks you need."""
+    """Base class; override the hooks you need.
+
+    In a multi-process run the trainer calls a callback on rank 0 only, unless its
+    ``main_process_only`` is False.
+    """
+
+    main_process_only = True
 
     def on_train_begin(self, trainer: Trainer) -> None: ...
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from .config import TrainConfig
 from .context import TrainContextBuilder
+from .distributed import launched_by_torchrun, spawn_parallel_fn
 from .interrupt import TrainingInterrupted
 from .strategy import StrategyFactory
 from .trainer import Trainer
@@ -34,23 +37,56 @@ def main() -> None:
 def run(config_path: Path, max_steps: int | None, out_dir: Path | None, resume: bool) -> None:
     """Train with the settings in CONFIG_PATH (a TrainConfig as JSON).
 
-    Checkpoints, metrics.jsonl and the final model are written to the config's out_dir.
+    Checkpoints, metrics.jsonl and the final model are written to the config's out_dir. With
+    "nprocs" above 1 the run starts that many data-parallel processes; under torchrun each process
+    runs this command and torchrun decides the process count.
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         config = TrainConfig.from_file(config_path)
-        if max_steps is not None:
-            config.max_steps = max_steps
-        if out_dir is not None:
-            config.out_dir = str(out_dir)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+    if max_steps is not None:
+        config.max_steps = max_steps
+    if out_dir is not None:
+        config.out_dir = str(out_dir)
+
+    if config.nprocs > 1 and not launched_by_torchrun():
+        _run_spawned(config, resume)
+        return
+    context = train_process(config.to_dict(), resume)
+    if context is not None:
+        click.echo(f"trained to step {context.step}; final model in {Path(config.out_dir) / 'final'}")
+
+
+def train_process(config_data: dict, resume: bool):
+    """Train in this process (one rank of a run); exit with 130/143 after a signal-triggered stop."""
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    config = TrainConfig.from_dict(config_data)
+    try:
         trainer = Trainer(config, builder=TrainContextBuilder(config, resume=resume))
-        context = trainer.train()
+        return trainer.train()
     except TrainingInterrupted as interrupted:
-        click.echo(f"{interrupted}; run the same command again to resume", err=True)
+        if rank == 0:
+            click.echo(f"{interrupted}; run the same command again to resume", err=True)
         sys.exit(interrupted.exit_code)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"trained to step {context.step}; final model in {Path(config.out_dir) / 'final'}")
+        if rank == 0:
+            click.echo(f"Error: {error}", err=True)
+        sys.exit(1)
+
+
+def _run_spawned(config: TrainConfig, resume: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger(__name__).info("starting %d training processes", config.nprocs)
+    try:
+        spawn_parallel_fn(train_process, config.nprocs, config.to_dict(), resume)
+    except ProcessExitedException as error:
+        sys.exit(error.exit_code if error.exit_code and error.exit_code > 0 else 1)
+    except ProcessRaisedException as error:
+        last_line = str(error).strip().splitlines()[-1]
+        raise click.ClickException(f"a training process failed: {last_line}") from None
+    click.echo(f"trained with {config.nprocs} processes; final model in {Path(config.out_dir) / 'final'}")
 
 
 @main.command("strategies")

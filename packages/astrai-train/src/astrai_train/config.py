@@ -94,6 +94,9 @@ class TrainConfig:
         gradient_checkpointing: Recompute each block's activations in the backward pass, trading
             about a third more compute for much less activation memory.
         compile: Run the model through ``torch.compile``.
+        nprocs: Data-parallel processes started by ``astrai-train run`` (ignored under
+            ``torchrun``, which starts its own). ``batch_size`` is per process, so the global
+            batch is ``batch_size x accumulation_steps x nprocs``.
     """
 
     dataset: str
@@ -122,13 +125,14 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     gradient_checkpointing: bool = False
     compile: bool = False
+    nprocs: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.optimizer, dict):
             self.optimizer = _build(OptimizerConfig, self.optimizer, "optimizer")
         if isinstance(self.schedule, dict):
             self.schedule = _build(ScheduleConfig, self.schedule, "schedule")
-        for name in ("batch_size", "accumulation_steps", "max_steps", "log_interval", "eval_batches"):
+        for name in ("batch_size", "accumulation_steps", "max_steps", "log_interval", "eval_batches", "nprocs"):
             value = getattr(self, name)
             _require(_is_int(value) and value >= 1, name, value, "a positive integer")
         for name in ("ckpt_interval", "eval_interval", "keep_checkpoints", "seed", "num_threads"):

@@ -15,17 +15,19 @@ rest:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from astrai_core import Tokenizer, Transformer, load_checkpoint
-from astrai_data import PackedDataset
+from astrai_data import PackedDataset, ShuffledSampler
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .config import TrainConfig
-from .sampler import ResumableRandomSampler
+from .distributed import DistributedState, init_distributed
 from .schedule import build_scheduler
 from .state import is_training_checkpoint, read_training_state
 from .strategy import BaseStrategy, StrategyFactory
@@ -44,7 +46,7 @@ class TrainContext:
     tokenizer: Tokenizer
     strategy: BaseStrategy
     dataset: PackedDataset
-    sampler: ResumableRandomSampler
+    sampler: ShuffledSampler
     dataloader: DataLoader
     val_dataset: PackedDataset | None
     optimizer: torch.optim.Optimizer
@@ -52,6 +54,8 @@ class TrainContext:
     device: torch.device
     step: int = 0
     resumed_from: Path | None = None
+    distributed: DistributedState = DistributedState()
+    parallel_model: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, if any
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -71,11 +75,16 @@ class TrainContextBuilder:
         """``resume=False`` makes ``build()`` start fresh even if ``out_dir`` has checkpoints."""
         self.config = config
         self.device = torch.device(config.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # Each process of a multi-GPU run uses the GPU of its local rank.
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.distributed = init_distributed(self.device)
         self.tokenizer: Tokenizer | None = None
         self.model: Transformer | None = None
         self.dataset: PackedDataset | None = None
         self.val_dataset: PackedDataset | None = None
-        self.sampler: ResumableRandomSampler | None = None
+        self.sampler: ShuffledSampler | None = None
+        self.parallel_model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.strategy: BaseStrategy | None = None
@@ -129,7 +138,12 @@ class TrainContextBuilder:
                 f"{self.config.dataset} has windows of {self.dataset.seq_len} tokens but the model's "
                 f"max_len is {max_len}; repack with --seq-len {max_len} or use a longer model"
             )
-        self.sampler = ResumableRandomSampler(len(self.dataset), seed=self.config.seed)
+        self.sampler = ShuffledSampler(
+            len(self.dataset),
+            seed=self.config.seed,
+            rank=self.distributed.rank,
+            world_size=self.distributed.world_size,
+        )
         return self
 
     def with_optimizer(self) -> TrainContextBuilder:
@@ -151,9 +165,15 @@ class TrainContextBuilder:
         if self.model is None:
             self.with_model()
         self.model.gradient_checkpointing = self.config.gradient_checkpointing
-        # The strategy runs the compiled module, while checkpoints read the original one, whose
-        # parameter names carry no "_orig_mod." prefix; both share the same parameters.
-        model = torch.compile(self.model) if self.config.compile else self.model
+        # The strategy runs the wrapped module (DDP, then torch.compile), while checkpoints read the
+        # plain one, whose parameter names have no "module." or "_orig_mod." prefix. They share the
+        # same parameters.
+        model = self.model
+        if self.distributed.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = self.parallel_model = DistributedDataParallel(model, device_ids=device_ids)
+        if self.config.compile:
+            model = torch.compile(model)
         self.strategy = StrategyFactory.create(self.config.strategy, model, self.device, **self.config.strategy_options)
         return self
 
@@ -212,4 +232,6 @@ class TrainContextBuilder:
             device=self.device,
             step=self.step,
             resumed_from=self.resume_from,
+            distributed=self.distributed,
+            parallel_model=self.parallel_model,
         )

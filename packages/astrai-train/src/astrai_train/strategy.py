@@ -47,6 +47,15 @@ class BaseStrategy:
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         raise NotImplementedError
 
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> int:
+        """Number of units ``compute_loss`` averages over: by default the labels that are not -100.
+
+        The trainer weights each micro-batch by this count, so a step's loss is the mean over all
+        its units, whatever the accumulation steps and the number of processes. A strategy whose
+        loss averages over something else (pairs, sequences) overrides it.
+        """
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+
 
 def token_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0

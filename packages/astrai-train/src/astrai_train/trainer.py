@@ -8,7 +8,7 @@ end. Everything run-specific (objective, logging, saving) lives in strategies an
 
 from __future__ import annotations
 
-import contextlib
+from contextlib import nullcontext
 import logging
 import math
 import time
@@ -23,6 +23,7 @@ from .callbacks import CheckpointCallback, MetricLoggerCallback, ProgressCallbac
 from .config import TrainConfig
 from .context import TrainContext, TrainContextBuilder
 from .evaluation import evaluate_by_language, language_groups
+from .distributed import all_reduce_sum, any_rank
 from .interrupt import StopFlag, TrainingInterrupted
 from .state import write_training_state
 
@@ -56,7 +57,7 @@ class Trainer:
     def _autocast(self):
         if self.config.dtype == "bfloat16":
             return torch.autocast(device_type=self.context.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return nullcontext()
 
     def train(self) -> TrainContext:
         """Run until ``max_steps``; on SIGINT or SIGTERM save a checkpoint and raise ``TrainingInterrupted``."""
@@ -82,9 +83,9 @@ class Trainer:
                     metrics.update(tokens_per_second=window_tokens / max(elapsed, 1e-9), logged=True)
                     window_tokens, window_start = 0, time.perf_counter()
                 self._call("on_step_end", metrics)
-                if stop.signal_name is not None:
+                if any_rank(stop.signal_name is not None, context.distributed, context.device):
                     path = self.save_checkpoint()
-                    raise TrainingInterrupted(stop.signal_name, context.step, str(path))
+                    raise TrainingInterrupted(stop.signal_name or "SIGTERM", context.step, str(path))
                 if config.eval_interval and context.step % config.eval_interval == 0 and context.step < config.max_steps:
                     self.evaluate()
 
@@ -93,10 +94,15 @@ class Trainer:
         return context
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Save a resumable checkpoint (default ``out_dir/step-N``) and prune old ones."""
+        """Save a resumable checkpoint (default ``out_dir/step-N``) and prune old ones.
+
+        In a multi-process run only rank 0 writes; the other ranks return the same path.
+        """
         context = self.context
         out_dir = Path(self.config.out_dir)
         path = Path(path) if path is not None else out_dir / f"step-{context.step}"
+        if not context.distributed.is_main:
+            return path
         progress = {
             "step": context.step,
             "consumed_samples": context.sampler.consumed,
@@ -114,18 +120,34 @@ class Trainer:
         return path
 
     def _train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> tuple[float, int]:
-        """Run one optimizer step; return the mean micro-batch loss and the input tokens processed."""
+        """Run one optimizer step; return the step's loss and the input tokens processed by all ranks.
+
+        Each micro-batch's mean loss is weighted by its share of the step's loss units (target
+        tokens, by default) across all micro-batches and ranks, so the gradient equals that of one
+        big batch: the same for any accumulation_steps and process count with the same global batch.
+        """
         context, config = self.context, self.config
+        strategy, distributed = context.strategy, context.distributed
         context.model.train()
-        total_loss, total_tokens = 0.0, 0
-        for _ in range(config.accumulation_steps):
-            batch = next(batches)
-            with self._autocast():
-                output = context.strategy.compute_loss(batch)
-            (output.loss / config.accumulation_steps).backward()
-            total_loss += output.loss.item()
+        micro_batches = [next(batches) for _ in range(config.accumulation_steps)]
+        weights = [strategy.loss_weight(batch) for batch in micro_batches]
+        total_weight = all_reduce_sum(float(sum(weights)), distributed, context.device)
+        loss_sum, total_tokens = 0.0, 0
+        for index, (batch, weight) in enumerate(zip(micro_batches, weights)):
+            last = index == len(micro_batches) - 1
+            # DDP averages gradients across ranks in every backward pass; skip that until the last
+            # micro-batch of the step, when the gradients are complete.
+            sync = nullcontext() if last or context.parallel_model is None else context.parallel_model.no_sync()
+            with sync:
+                with self._autocast():
+                    output = strategy.compute_loss(batch)
+                # DDP divides the summed gradients by world_size, which the factor undoes.
+                scale = weight * distributed.world_size / total_weight if total_weight else 0.0
+                (output.loss * scale).backward()
+            loss_sum += output.loss.item() * weight
             total_tokens += batch["input_ids"].numel()
-        loss = total_loss / config.accumulation_steps
+        loss = all_reduce_sum(loss_sum, distributed, context.device) / total_weight if total_weight else 0.0
+        total_tokens *= distributed.world_size
         # With clipping off, an infinite max_norm still returns the norm without changing gradients.
         max_norm = config.max_grad_norm or math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(context.model.parameters(), max_norm))
@@ -151,7 +173,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float] | None:
         """Compute held-out loss overall and per language, if a validation set is configured."""
         context = self.context
-        if context.val_dataset is None:
+        if context.val_dataset is None or not context.distributed.is_main:
             return None
         if self._language_groups is None:
             max_windows = self.config.eval_batches * self.config.batch_size
@@ -166,6 +188,8 @@ class Trainer:
         return metrics
 
     def _call(self, hook: str, *args) -> None:
+        is_main = self.context.distributed.is_main
         for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
+            if is_main or not callback.main_process_only:
+                getattr(callback, hook)(self, *args)
 
