@@ -15,6 +15,10 @@ CHINESE = [
     "春天来了，花儿开了，小鸟在树上唱歌。孩子们在公园里放风筝。",
     "软件包可以用命令安装。系统每周都会更新。电脑一直在运行。",
 ]
+PREFERENCES = [
+    {"prompt": "What is apt?", "chosen": "A package manager for Debian.", "rejected": "A kind of fruit."},
+    {"prompt": "天空是什么颜色？", "chosen": "晴天时天空是蓝色的。", "rejected": "天空是绿色的。"},
+]
 CHATS = [
     [{"role": "user", "content": "What is apt?"}, {"role": "assistant", "content": "A package manager."}],
     [{"role": "user", "content": "你好吗？"}, {"role": "assistant", "content": "我很好，谢谢。"}],
@@ -33,9 +37,14 @@ def workspace(tmp_path_factory):
     chat_file.write_text(
         "".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in CHATS * 8), encoding="utf-8"
     )
+    preference_file = root / "preference.jsonl"
+    preference_file.write_text(
+        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PREFERENCES * 8), encoding="utf-8"
+    )
     tokenizer = Tokenizer.train(ENGLISH * 10 + CHINESE * 10, root / "tok.model", vocab_size=400)
     pack_corpus(Corpus(corpus, kind="text"), tokenizer, root / "text.arrow", seq_len=32, workers=1)
     pack_corpus(Corpus(chat_file, kind="chat"), tokenizer, root / "chat.arrow", seq_len=32, workers=1)
+    pack_corpus(Corpus(preference_file, kind="preference"), tokenizer, root / "preference.arrow", seq_len=32, workers=1)
     return root
 
 

@@ -5,6 +5,7 @@ from .callbacks import CheckpointCallback, MetricLoggerCallback, ProgressCallbac
 from .config import OptimizerConfig, ScheduleConfig, TrainConfig
 from .context import TrainContext, TrainContextBuilder, latest_checkpoint
 from .distributed import DistributedState, spawn_parallel_fn
+from .dpo import DPOStrategy, sequence_log_probs
 from .schedule import build_scheduler, lr_multiplier
 from .strategy import BaseStrategy, LossOutput, SEQStrategy, SFTStrategy, StrategyFactory
 from .evaluation import evaluate_by_language, evaluate_loss, language_groups
@@ -14,6 +15,7 @@ from .trainer import Trainer, default_callbacks
 __all__ = [
     "BaseStrategy",
     "CheckpointCallback",
+    "DPOStrategy",
     "DistributedState",
     "LossOutput",
     "MetricLoggerCallback",
@@ -37,5 +39,6 @@ __all__ = [
     "language_groups",
     "latest_checkpoint",
     "lr_multiplier",
+    "sequence_log_probs",
     "spawn_parallel_fn",
 ]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from astrai_core import Tokenizer, Transformer, load_checkpoint
-from astrai_data import PackedDataset, ShuffledSampler
+from astrai_data import PackedDataset, ShuffledSampler, open_dataset
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -66,6 +66,17 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
         if match and is_training_checkpoint(path):
             candidates.append((int(match.group(1)), path))
     return max(candidates)[1] if candidates else None
+
+
+def _open_for_strategy(path: str, kinds: tuple[str, ...], strategy: str):
+    """Open a packed file and check that ``strategy`` can train on its record kind."""
+    dataset = open_dataset(path)
+    if dataset.kind not in kinds:
+        raise ValueError(
+            f"{path} holds {dataset.kind!r} records but strategy {strategy!r} trains on {list(kinds)}; "
+            f"pack the right records (astrai-data pack --kind {kinds[0]}) or choose another strategy"
+        )
+    return dataset
 
 
 class TrainContextBuilder:
@@ -127,10 +138,11 @@ class TrainContextBuilder:
     def with_dataloader(self) -> TrainContextBuilder:
         if self.tokenizer is None:
             self.with_tokenizer()
-        self.dataset = PackedDataset(self.config.dataset)
+        kinds = StrategyFactory.get(self.config.strategy).data_kinds
+        self.dataset = _open_for_strategy(self.config.dataset, kinds, self.config.strategy)
         self.dataset.check_tokenizer(self.tokenizer)
         if self.config.val_dataset:
-            self.val_dataset = PackedDataset(self.config.val_dataset)
+            self.val_dataset = _open_for_strategy(self.config.val_dataset, kinds, self.config.strategy)
             self.val_dataset.check_tokenizer(self.tokenizer)
         max_len = self.model.config.max_len if self.model is not None else None
         if max_len is not None and self.dataset.seq_len > max_len:
@@ -174,7 +186,9 @@ class TrainContextBuilder:
             model = self.parallel_model = DistributedDataParallel(model, device_ids=device_ids)
         if self.config.compile:
             model = torch.compile(model)
-        self.strategy = StrategyFactory.create(self.config.strategy, model, self.device, **self.config.strategy_options)
+        self.strategy = StrategyFactory.create(
+            self.config.strategy, model, self.device, tokenizer=self.tokenizer, **self.config.strategy_options
+        )
         return self
 
     def with_checkpoint(self, path: str | Path | None = None) -> TrainContextBuilder:

@@ -29,7 +29,8 @@ def language_groups(dataset: Dataset, tokenizer: Tokenizer, max_windows: int) ->
     groups: dict[str, list[int]] = {}
     for index in indices:
         sample = dataset[index]
-        targets = sample["labels"][sample["labels"] != IGNORE_INDEX]
+        labels = sample["labels"] if "labels" in sample else sample["chosen_labels"]
+        targets = labels[labels != IGNORE_INDEX]
         groups.setdefault(detect_language(tokenizer.decode(targets.tolist())), []).append(index)
     return dict(sorted(groups.items()))
 

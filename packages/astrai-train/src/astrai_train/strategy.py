@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from astrai_core import Tokenizer
 from torch import nn
 
 IGNORE_INDEX = -100
@@ -33,9 +34,19 @@ class LossOutput:
 
 
 class BaseStrategy:
-    """Base class of training objectives."""
+    """Base class of training objectives.
 
-    def __init__(self, model: nn.Module, device: torch.device | str = "cpu", **options):
+    Attributes:
+        data_kinds: Record kinds of packed files (``astrai-data pack``) this strategy trains on.
+        model: The module to run; in a multi-process or compiled run, the wrapped module.
+        tokenizer: The run's tokenizer, for strategies that generate or decode text.
+    """
+
+    data_kinds: tuple[str, ...] = ("text", "chat")
+
+    def __init__(
+        self, model: nn.Module, device: torch.device | str = "cpu", tokenizer: Tokenizer | None = None, **options
+    ):
         if options:
             raise ValueError(
                 f"strategy {type(self).__name__} got unknown option(s) {sorted(options)}; "
@@ -43,6 +54,7 @@ class BaseStrategy:
             )
         self.model = model
         self.device = torch.device(device)
+        self.tokenizer = tokenizer
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         raise NotImplementedError
@@ -55,6 +67,17 @@ class BaseStrategy:
         loss averages over something else (pairs, sequences) overrides it.
         """
         return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the plain module inside ``torch.compile`` and ``DistributedDataParallel`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 def token_cross_entropy(
@@ -123,13 +146,17 @@ class StrategyFactory:
         return decorator
 
     @classmethod
-    def create(cls, name: str, model: nn.Module, device: torch.device | str = "cpu", **options) -> BaseStrategy:
+    def get(cls, name: str) -> type[BaseStrategy]:
         if name not in cls.STRATEGY_MAP:
             raise ValueError(
                 f"unknown strategy {name!r}; available strategies: {cls.available_strategies()}. "
                 "Register your own with @StrategyFactory.register(name)"
             )
-        return cls.STRATEGY_MAP[name](model, device, **options)
+        return cls.STRATEGY_MAP[name]
+
+    @classmethod
+    def create(cls, name: str, model: nn.Module, device: torch.device | str = "cpu", **options) -> BaseStrategy:
+        return cls.get(name)(model, device, **options)
 
     @classmethod
     def available_strategies(cls) -> list[str]:

@@ -48,6 +48,7 @@ class Trainer:
         self.builder = builder or TrainContextBuilder(config)
         self.context: TrainContext | None = None
         self._language_groups: dict[str, list[int]] | None = None
+        self.step_metrics: dict[str, float] = {}
 
     def _build_context(self) -> TrainContext:
         if self.config.num_threads:
@@ -78,6 +79,7 @@ class Trainer:
                 context.step += 1
                 logged = context.step % config.log_interval == 0 or context.step == config.max_steps
                 metrics = {"step": context.step, "loss": loss, "lr": context.scheduler.get_last_lr()[0]}
+                metrics.update(self.step_metrics)  # the strategy's own numbers, from this rank
                 if logged:
                     elapsed = time.perf_counter() - window_start
                     metrics.update(tokens_per_second=window_tokens / max(elapsed, 1e-9), logged=True)
@@ -133,6 +135,7 @@ class Trainer:
         weights = [strategy.loss_weight(batch) for batch in micro_batches]
         total_weight = all_reduce_sum(float(sum(weights)), distributed, context.device)
         loss_sum, total_tokens = 0.0, 0
+        self.step_metrics = {}
         for index, (batch, weight) in enumerate(zip(micro_batches, weights)):
             last = index == len(micro_batches) - 1
             # DDP averages gradients across ranks in every backward pass; skip that until the last
@@ -145,7 +148,9 @@ class Trainer:
                 scale = weight * distributed.world_size / total_weight if total_weight else 0.0
                 (output.loss * scale).backward()
             loss_sum += output.loss.item() * weight
-            total_tokens += batch["input_ids"].numel()
+            for name, value in output.metrics.items():
+                self.step_metrics[name] = self.step_metrics.get(name, 0.0) + value / len(micro_batches)
+            total_tokens += sum(value.numel() for key, value in batch.items() if key.endswith("input_ids"))
         loss = all_reduce_sum(loss_sum, distributed, context.device) / total_weight if total_weight else 0.0
         total_tokens *= distributed.world_size
         # With clipping off, an infinite max_norm still returns the norm without changing gradients.
