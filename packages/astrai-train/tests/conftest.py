@@ -19,6 +19,10 @@ PREFERENCES = [
     {"prompt": "What is apt?", "chosen": "A package manager for Debian.", "rejected": "A kind of fruit."},
     {"prompt": "天空是什么颜色？", "chosen": "晴天时天空是蓝色的。", "rejected": "天空是绿色的。"},
 ]
+PROMPTS = [
+    {"prompt": "What is two plus two?", "answer": "4"},
+    {"prompt": "三加四等于几？", "answer": "7"},
+]
 CHATS = [
     [{"role": "user", "content": "What is apt?"}, {"role": "assistant", "content": "A package manager."}],
     [{"role": "user", "content": "你好吗？"}, {"role": "assistant", "content": "我很好，谢谢。"}],
@@ -41,10 +45,13 @@ def workspace(tmp_path_factory):
     preference_file.write_text(
         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PREFERENCES * 8), encoding="utf-8"
     )
+    prompt_file = root / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PROMPTS * 4), encoding="utf-8")
     tokenizer = Tokenizer.train(ENGLISH * 10 + CHINESE * 10, root / "tok.model", vocab_size=400)
     pack_corpus(Corpus(corpus, kind="text"), tokenizer, root / "text.arrow", seq_len=32, workers=1)
     pack_corpus(Corpus(chat_file, kind="chat"), tokenizer, root / "chat.arrow", seq_len=32, workers=1)
     pack_corpus(Corpus(preference_file, kind="preference"), tokenizer, root / "preference.arrow", seq_len=32, workers=1)
+    pack_corpus(Corpus(prompt_file, kind="prompt"), tokenizer, root / "prompts.arrow", seq_len=32, workers=1)
     return root
 
 

@@ -141,6 +141,11 @@ class TrainContextBuilder:
         kinds = StrategyFactory.get(self.config.strategy).data_kinds
         self.dataset = _open_for_strategy(self.config.dataset, kinds, self.config.strategy)
         self.dataset.check_tokenizer(self.tokenizer)
+        if self.config.val_dataset and self.dataset.kind == "prompt":
+            raise ValueError(
+                f"val_dataset is set, but {self.config.strategy!r} trains on prompts and has no held-out "
+                "loss to compute; remove val_dataset from the config"
+            )
         if self.config.val_dataset:
             self.val_dataset = _open_for_strategy(self.config.val_dataset, kinds, self.config.strategy)
             self.val_dataset.check_tokenizer(self.tokenizer)
@@ -229,6 +234,7 @@ class TrainContextBuilder:
             self.dataset,
             batch_size=self.config.batch_size,
             sampler=self.sampler,
+            collate_fn=getattr(self.dataset, "collate", None),  # prompts of different lengths
             drop_last=True,
             pin_memory=self.device.type == "cuda",
         )
