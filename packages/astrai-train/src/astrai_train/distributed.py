@@ -6,7 +6,7 @@ Design choices:
   for ``nprocs`` local processes. Either way each process then calls ``init_distributed`` and runs
   the same training code.
 - The backend follows the device: NCCL for CUDA, gloo for CPU.
-- Every rank holds a full model replica wrapped in ``DistributedDataParallel`` and reads its own
+- Every rank keeps a full model replica wrapped in ``DistributedDataParallel`` and reads its own
   shard of each global batch; gradients are averaged across ranks during the backward pass.
   FSDP would shard the parameters as well, which pays off only when a replica does not fit on one
   device, so it is not used here.

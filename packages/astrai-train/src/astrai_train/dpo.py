@@ -1,4 +1,4 @@
-"""Direct Preference Optimization (Rafailov et al., 2023, arXiv:2305.18290).
+"""Direct Preference Optimization (DPO): learning from pairs of preferred and rejected responses.
 
 The loss of one preference pair, with the policy π, a frozen reference π_ref and
 ``log π(y|x)`` the sum of the response tokens' log-probabilities, is
@@ -12,7 +12,7 @@ Design choices:
 - The reference is a frozen copy of the policy taken when the strategy is created, which is the
   starting checkpoint (``init_from``) of the run, so no second checkpoint needs to be named.
 - Chosen and rejected responses run through the model as one batch of 2B rows.
-- Log-probabilities are sums over response tokens only (labels other than -100), as the loss asks.
+- Log-probabilities are sums over response tokens only (labels other than -100), as the formula above defines.
 """
 
 from __future__ import annotations

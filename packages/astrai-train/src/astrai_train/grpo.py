@@ -1,4 +1,4 @@
-"""Group Relative Policy Optimization (Shao et al., 2024, arXiv:2402.03300).
+"""Group Relative Policy Optimization (GRPO): reinforcement learning with rewards compared within groups.
 
 Each training step:
 1. expands every prompt into ``group_size`` rollouts sampled from the current policy with
@@ -11,8 +11,8 @@ Each training step:
    and then over the completions.
 
 Design choices:
-- One policy update per rollout batch, so the ratio ρ against the sampling policy is 1 in value
-  and only its gradient matters; the clipped form is kept so a reader sees the full objective.
+- One policy update per rollout batch. So the ratio ρ against the sampling policy is 1 in value
+  and only its gradient matters. The clipped form stays so that a reader sees the full objective.
 - The reference π_ref is a frozen copy of the starting policy, as in DPO.
 - Rollouts use the model itself (``fast=False``), so they always see the current weights.
 - Rollout seeds come from torch's global generator, whose state every checkpoint stores, so a
