@@ -301,47 +301,56 @@ class Generator:
         return decode_tokens(self.model, prompts, config, stop_ids, vocab_size, seeded, stop_check, self._forward)
 
     def _encode_prompt(self, prompt: Prompt, name: str, config: GenerationConfig) -> list[int]:
-        """Turn a prompt into token ids and check that it fits the model; ``name`` labels errors."""
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt, add_bos=True)
-        elif not isinstance(prompt, (list, tuple)):
-            raise ValueError(
-                f"{name} must be a string, a list of token ids or a list of chat messages, "
-                f"got {type(prompt).__name__}"
-            )
-        elif not prompt:
-            raise ValueError(f"{name} is an empty list; pass text, token ids or chat messages")
-        elif all(isinstance(message, dict) for message in prompt):
-            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
-        else:
-            ids = list(prompt)
-            self._check_token_ids(ids, name)
+        return encode_prompt(self.tokenizer, self.model.config, prompt, name, config)
 
-        max_len = self.model.config.max_len
-        keep = max(1, max_len - config.max_new_tokens)  # leaves room for max_new_tokens when it can
-        if config.truncate_prompt and len(ids) > keep:
-            return ids[-keep:]
-        if len(ids) >= max_len:
-            raise ValueError(
-                f"{name} is {len(ids)} tokens long, but the model's max_len is {max_len} and must "
-                f"leave room for at least one new token; shorten it to at most {max_len - 1} tokens, "
-                "or pass truncate_prompt=True to keep only its last tokens"
-            )
-        return ids
 
-    def _check_token_ids(self, ids: list, name: str) -> None:
-        vocab_size = self.model.config.vocab_size
-        for token_id in ids:
-            if isinstance(token_id, bool) or not isinstance(token_id, int):
-                raise ValueError(
-                    f"{name} must contain only token ids (int) or only chat messages (dict), "
-                    f"found {token_id!r}"
-                )
-            if not 0 <= token_id < vocab_size:
-                raise ValueError(
-                    f"{name} contains token id {token_id}, but the model's vocabulary has ids 0 to "
-                    f"{vocab_size - 1}"
-                )
+def encode_prompt(
+    tokenizer: Tokenizer, model_config: Any, prompt: Prompt, name: str, config: GenerationConfig
+) -> list[int]:
+    """Turn a prompt into token ids and check that it fits the model; ``name`` labels errors.
+
+    Shared by ``Generator`` and ``Scheduler``; raises ``ValueError`` for every problem with the prompt.
+    """
+    if isinstance(prompt, str):
+        ids = tokenizer.encode(prompt, add_bos=True)
+    elif not isinstance(prompt, (list, tuple)):
+        raise ValueError(
+            f"{name} must be a string, a list of token ids or a list of chat messages, "
+            f"got {type(prompt).__name__}"
+        )
+    elif not prompt:
+        raise ValueError(f"{name} is an empty list; pass text, token ids or chat messages")
+    elif all(isinstance(message, dict) for message in prompt):
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+    else:
+        ids = list(prompt)
+        _check_token_ids(ids, name, model_config.vocab_size)
+
+    max_len = model_config.max_len
+    keep = max(1, max_len - config.max_new_tokens)  # leaves room for max_new_tokens when it can
+    if config.truncate_prompt and len(ids) > keep:
+        return ids[-keep:]
+    if len(ids) >= max_len:
+        raise ValueError(
+            f"{name} is {len(ids)} tokens long, but the model's max_len is {max_len} and must "
+            f"leave room for at least one new token; shorten it to at most {max_len - 1} tokens, "
+            "or pass truncate_prompt=True to keep only its last tokens"
+        )
+    return ids
+
+
+def _check_token_ids(ids: list, name: str, vocab_size: int) -> None:
+    for token_id in ids:
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise ValueError(
+                f"{name} must contain only token ids (int) or only chat messages (dict), "
+                f"found {token_id!r}"
+            )
+        if not 0 <= token_id < vocab_size:
+            raise ValueError(
+                f"{name} contains token id {token_id}, but the model's vocabulary has ids 0 to "
+                f"{vocab_size - 1}"
+            )
 
 
 def _append_logprobs(result: Completion | StreamChunk, event: TokenEvent) -> None:
