@@ -5,7 +5,7 @@ import astrai_infer
 
 
 def test_public_names_exist():
-    assert astrai_infer.__version__ == "0.2.0"
+    assert astrai_infer.__version__ == "0.3.0"
     for name in astrai_infer.__all__:
         assert hasattr(astrai_infer, name), name
 
