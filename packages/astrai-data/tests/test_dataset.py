@@ -19,6 +19,7 @@ from astrai_data import (
     PackedFileError,
     PreferenceDataset,
     PromptDataset,
+    mapped_file,
     open_dataset,
     pack_corpus,
     writer,
@@ -247,9 +248,9 @@ def test_open_dataset_picks_class_by_kind(
     assert type(open_dataset(chat_pack)) is PackedDataset
     assert type(open_dataset(preference_pack)) is PreferenceDataset
     assert type(open_dataset(prompt_pack)) is PromptDataset
-    with pytest.raises(PackedFileError, match=r"holds preference records.*open it with PreferenceDataset"):
+    with pytest.raises(PackedFileError, match=r"contains preference records.*open it with PreferenceDataset"):
         PackedDataset(preference_pack)
-    with pytest.raises(PackedFileError, match=r"holds text records.*open it with PackedDataset"):
+    with pytest.raises(PackedFileError, match=r"contains text records.*open it with PackedDataset"):
         PromptDataset(text_pack)
 
 
@@ -269,3 +270,13 @@ def test_old_format_names_the_fix(tmp_path: Path, text_pack: Path) -> None:
 
     assert "adds position_ids" in str(raised.value)
     assert "astrai-data pack" in str(raised.value)
+
+
+def test_rows_stay_readable_after_pages_are_released(text_pack: Path) -> None:
+    dataset = PackedDataset(text_pack)
+    before = [dataset[index]["input_ids"] for index in range(len(dataset))]
+
+    dataset.release_pages()
+    reread = [dataset[index % len(dataset)]["input_ids"] for index in range(3 * mapped_file.RELEASE_EVERY_ROWS)]
+
+    assert all(torch.equal(row, before[index % len(dataset)]) for index, row in enumerate(reread))

@@ -304,7 +304,7 @@ def test_role_markers_in_content_stay_text(
 
 
 @pytest.mark.parametrize("kind", ["preference", "prompt"])
-def test_parallel_pack_matches_single_process_for_pairs_and_prompts(
+def test_parallel_pack_deterministic_for_pairs_and_prompts(
     tmp_path: Path, tokenizer: Tokenizer, write_jsonl: Callable, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     monkeypatch.setattr(packing, "CHUNK_RECORDS", 1)

@@ -223,8 +223,8 @@ def train(
 ) -> None:
     """Train a BPE tokenizer on every text in CORPUS and report its compression per language.
 
-    Training uses the .txt documents, the text of .jsonl text records and the content of every chat
-    message. The report gives characters per token on Chinese and on English documents. A Chinese
+    Training uses the .txt documents, the text of .jsonl text records, the content of every message
+    (chats, prompts, chosen and rejected responses) and reference answers. The report gives characters per token on Chinese and on English documents. A Chinese
     character carries more than an English letter, so Chinese has fewer characters per token even
     with a good vocabulary. Below 1.0 for Chinese means many characters fall back to their UTF-8 bytes.
     """

@@ -18,6 +18,10 @@ Design choices:
   With ``skip_invalid`` it is skipped and counted instead, and the first few are logged.
 - Reading streams: ``.jsonl`` files line by line and ``.txt`` files one at a time, so memory contains
   one document at a time, however large the corpus is.
+- Reading has two halves. :meth:`Corpus.raw_records` only locates records: a ``.txt`` path, or a
+  ``.jsonl`` line's bytes. :func:`parse_raw_record` decodes and checks one. Iterating a corpus does
+  both in turn, while packing does the first in the main process and the second, with the
+  tokenizing, in its worker processes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +58,54 @@ _SKIP_HINT = "fix the record, or pass --skip-invalid (skip_invalid=True) to skip
 
 class CorpusError(ValueError):
     """Invalid corpus input: a bad record (the message names its file and line) or an unusable folder."""
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record located but not yet decoded, small enough to send to a worker process.
+
+    Attributes:
+        path: The file.
+        line: The record's line number (1 for a ``.txt`` file).
+        data: The ``.jsonl`` line's bytes, or ``None`` for a ``.txt`` file, which the parser reads.
+        size_bytes: Bytes the record takes in its file, used to report progress.
+    """
+
+    path: str
+    line: int
+    data: bytes | None
+    size_bytes: int
+
+
+def parse_raw_record(raw: RawRecord, kind: str | None, normalize: str = "none") -> Record | str:
+    """Decode and check a raw record.
+
+    Args:
+        raw: The record from :meth:`Corpus.raw_records`.
+        kind: The kind to read a ``.jsonl`` record as, or ``None`` for the kind its fields suggest.
+        normalize: Unicode normalisation applied to every string.
+
+    Returns:
+        The record, or a problem string that names the file and line.
+    """
+    source = f"{raw.path}:{raw.line}"
+    if raw.data is not None:
+        try:
+            return parse_json_record(raw.data, kind, source, normalize)
+        except InvalidRecord as problem:
+            return f"{source}: {problem}"
+
+    data = Path(raw.path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return f"{raw.path}:{line}: invalid UTF-8 at byte {error.start} (the file must be UTF-8)"
+    try:
+        text = check_document(normalize_text(text, normalize))
+    except InvalidRecord as problem:
+        return f"{source}: {problem}"
+    return Record(source=source, size_bytes=len(data), kind="text", text=text)
 
 
 def find_corpus_files(root: str | os.PathLike) -> list[Path]:
@@ -144,23 +197,39 @@ class Corpus:
             ]
         selected = set(self.files)
         self.left_out = [path for path in candidates if path not in selected]
-        self.total_bytes = sum(path.stat().st_size for path in self.files)
+        self._sizes = {path: path.stat().st_size for path in self.files}
+        self.total_bytes = sum(self._sizes.values())
+
+    @property
+    def record_kind(self) -> str | None:
+        """The kind every record is read as, or ``None`` when each record's fields decide (``"any"``)."""
+        return None if self.kind == "any" else self.kind
 
     def __iter__(self) -> Iterator[Record]:
+        for raw in self.raw_records():
+            record = parse_raw_record(raw, self.record_kind, self.normalize)
+            if isinstance(record, Record):
+                yield record
+            else:
+                self.report_invalid(record)
+
+    def raw_records(self) -> Iterator[RawRecord]:
+        """Yield every record's location and undecoded bytes, in order, and reset :attr:`skipped`.
+
+        Pass each to :func:`parse_raw_record`, and its problems to :meth:`report_invalid`.
+        """
         self.skipped = 0
-        record_kind = None if self.kind == "any" else self.kind
         for path in self.files:
             if path.suffix == ".txt":
-                records = _read_txt(path, self.normalize)
-            else:
-                records = _read_jsonl(path, record_kind, self.normalize)
-            for record in records:
-                if isinstance(record, Record):
-                    yield record
-                else:
-                    self._skip(record)
+                yield RawRecord(str(path), 1, None, self._sizes[path])
+                continue
+            with path.open("rb") as file:
+                for line_number, data in enumerate(file, start=1):
+                    if data.strip():
+                        yield RawRecord(str(path), line_number, data, len(data))
 
-    def _skip(self, problem: str) -> None:
+    def report_invalid(self, problem: str) -> None:
+        """Raise :class:`CorpusError` for an invalid record, or count and log it with ``skip_invalid``."""
         if not self.skip_invalid:
             raise CorpusError(f"{problem}; {_SKIP_HINT}")
         self.skipped += 1
@@ -206,33 +275,3 @@ def _detect_file_kind(path: Path) -> FileKind | None:
             if isinstance(obj, dict) and (guessed := guess_kind(obj)) is not None:
                 return guessed
     return None
-
-
-def _read_txt(path: Path, normalize: str) -> Iterator[Record | str]:
-    """Yield the file's one document, or a problem string naming the file and line."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        yield f"{path}:{line}: invalid UTF-8 at byte {error.start} (the file must be UTF-8)"
-        return
-    try:
-        text = check_document(normalize_text(text, normalize))
-    except InvalidRecord as problem:
-        yield f"{path}:1: {problem}"
-        return
-    yield Record(source=f"{path}:1", size_bytes=len(data), kind="text", text=text)
-
-
-def _read_jsonl(path: Path, kind: str | None, normalize: str) -> Iterator[Record | str]:
-    """Yield the file's records, or a problem string naming the file and line for each invalid one."""
-    with path.open("rb") as file:
-        for line_number, raw in enumerate(file, start=1):
-            if not raw.strip():
-                continue
-            source = f"{path}:{line_number}"
-            try:
-                yield parse_json_record(raw, kind, source, normalize)
-            except InvalidRecord as problem:
-                yield f"{source}: {problem}"

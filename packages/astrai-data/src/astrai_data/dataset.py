@@ -140,5 +140,6 @@ def open_dataset(path: str | os.PathLike) -> PackedDataset | PreferenceDataset |
         PackedFileError: ``path`` is not a packed file of this format.
     """
     path = Path(path)
-    kind = read_metadata(open_reader(path).schema, path)["kind"]
+    reader, _ = open_reader(path)
+    kind = read_metadata(reader.schema, path)["kind"]
     return _CLASSES[DATASET_FOR_KIND[kind]](path)

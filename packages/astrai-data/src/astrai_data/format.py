@@ -1,7 +1,7 @@
 """The packed file format: an Arrow IPC file with one row per window, pair or prompt, plus JSON metadata.
 
 Design choices:
-- The columns depend on the record kind (``KIND_COLUMNS``). Text and chat files have one row per
+- The columns depend on the record kind (:func:`kind_columns`). Text and chat files have one row per
   window, with ``input_ids``, ``loss_mask`` and ``position_ids``, each a
   ``fixed_size_list[seq_len + 1]``. Preference files have one row per pair, with the chosen and the
   rejected sequence and their masks as fixed-size lists of the same width. Prompt files have one

@@ -26,7 +26,7 @@ ID_COLUMNS = {"text": ("input_ids",), "chat": ("input_ids",), "preference": ("ch
 
 @dataclass(frozen=True)
 class PackReport:
-    """What a packed file contains beyond its stored counts.
+    """Measurements of a packed file beyond the counts stored in its metadata.
 
     Attributes:
         tokens: Tokens stored, padding excluded.
@@ -71,7 +71,9 @@ def inspect_pack(dataset: MappedPack, tokenizer: Tokenizer | None = None, sample
     kind, tokens = dataset.kind, dataset.metadata["counts"]["tokens"]
     learnable = 0
     for name in MASK_COLUMNS.get(kind, ()):
-        learnable += sum(int(np.count_nonzero(block)) for block in dataset.column_batches(name))
+        for block in dataset.column_batches(name):
+            learnable += int(np.count_nonzero(block))
+            dataset.release_pages()  # keep the resident set flat while scanning a large file
     if kind == "prompt":
         slots = tokens
     else:

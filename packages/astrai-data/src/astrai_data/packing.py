@@ -1,15 +1,16 @@
 """Packing a corpus into an Arrow file, tokenizing in parallel worker processes.
 
 Design choices:
-- Records are tokenized in a ``multiprocessing`` pool. Each worker builds the tokenizer once from
-  the model bytes. Records travel in chunks (up to 256 records or 256 KiB of source text) and the
-  results are consumed in submission order, so the packed file does not depend on the number of
-  workers or on their timing. ``workers=1`` tokenizes in this process, without a pool.
+- Records are decoded, checked and tokenized in a ``multiprocessing`` pool. The main process only
+  locates them (``Corpus.raw_records``): a ``.txt`` path, or a ``.jsonl`` line's bytes. Each worker
+  builds the tokenizer once from the model bytes. Records travel in chunks (up to 256 records or
+  256 KiB of source text), and the results, with the problems of invalid records, are consumed in
+  submission order. So the packed file, and the first error reported, do not depend on the number
+  of workers or on their timing. ``workers=1`` does the same work in this process, without a pool.
 - At most four chunks per worker are in flight. ``Pool.imap`` would read the whole corpus ahead of
   the workers. This bound keeps memory flat however large the corpus is.
-- The main process only reads records, places tokenized sequences into rows
-  (:mod:`~astrai_data.rows`) and writes them (:mod:`~astrai_data.writer`); the tokenizing, which is
-  most of the work, happens in the workers.
+- The main process places tokenized sequences into rows (:mod:`~astrai_data.rows`) and writes them
+  (:mod:`~astrai_data.writer`). Decoding and tokenizing, most of the work, happen in the workers.
 - The counts are checked before the file is published: every token that came out of the tokenizer
   is stored, truncated or dropped, and the sum must match.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 from astrai_core import Tokenizer
 
 from .__about__ import __version__
-from .corpus import Corpus, CorpusError
+from .corpus import Corpus, CorpusError, RawRecord, parse_raw_record
 from .encoding import EncodedChunk, encode_payloads, record_payload
 from .format import COUNT_FIELDS, FORMAT_VERSION, KINDS, pack_schema, tokenizer_fingerprint
 from .rows import ChatWindows, PackCounts, PreferenceRows, PromptRows, TextWindows
@@ -144,8 +145,11 @@ def pack_corpus(
 
     with staged_paths(output) as (scratch, staged):
         with RowWriter(scratch, pack_schema(corpus.kind, seq_len), tokens_per_row) as writer:
-            for chunk, source_bytes in _encode_corpus(corpus, tokenizer, workers):
-                writer.write(packer.add(chunk))
+            for chunk, problems, source_bytes in _encode_corpus(corpus, tokenizer, workers):
+                for problem in problems:
+                    corpus.report_invalid(problem)
+                if chunk is not None:
+                    writer.write(packer.add(chunk))
                 if on_progress is not None:
                     on_progress(source_bytes)
             writer.write(packer.finish())
@@ -204,6 +208,22 @@ def _pack_metadata(corpus: Corpus, seq_len: int, too_long: str, tokenizer: Token
     }
 
 
+EncodedResult = tuple[EncodedChunk | None, list[str]]
+"""A chunk's tokenized valid records (``None`` if there are none) and its invalid records' problems."""
+
+
+def _encode_raw(tokenizer: Tokenizer, kind: str, normalize: str, raws: list[RawRecord]) -> EncodedResult:
+    """Decode, check and tokenize a chunk of raw records."""
+    payloads, problems = [], []
+    for raw in raws:
+        record = parse_raw_record(raw, kind, normalize)
+        if isinstance(record, str):
+            problems.append(record)
+        else:
+            payloads.append(record_payload(record))
+    return (encode_payloads(tokenizer, kind, payloads) if payloads else None), problems
+
+
 # Set in each worker process by _start_worker.
 _worker_tokenizer: Tokenizer | None = None
 
@@ -216,40 +236,41 @@ def _start_worker(model_proto: bytes) -> None:
     _worker_tokenizer = Tokenizer(model_proto)
 
 
-def _encode_in_worker(kind: str, payloads: list) -> EncodedChunk:
+def _encode_in_worker(kind: str, normalize: str, raws: list[RawRecord]) -> EncodedResult:
     assert _worker_tokenizer is not None, "worker started without _start_worker"
-    return encode_payloads(_worker_tokenizer, kind, payloads)
+    return _encode_raw(_worker_tokenizer, kind, normalize, raws)
 
 
-def _chunk_records(corpus: Corpus) -> Iterator[tuple[list, int]]:
-    """Group the corpus records into ``(payloads, source_bytes)`` chunks."""
-    payloads: list = []
+def _chunk_records(corpus: Corpus) -> Iterator[tuple[list[RawRecord], int]]:
+    """Group the corpus's raw records into ``(raws, source_bytes)`` chunks."""
+    raws: list[RawRecord] = []
     source_bytes = 0
-    for record in corpus:
-        payloads.append(record_payload(record))
-        source_bytes += record.size_bytes
-        if len(payloads) >= CHUNK_RECORDS or source_bytes >= CHUNK_BYTES:
-            yield payloads, source_bytes
-            payloads, source_bytes = [], 0
-    if payloads:
-        yield payloads, source_bytes
+    for raw in corpus.raw_records():
+        raws.append(raw)
+        source_bytes += raw.size_bytes
+        if len(raws) >= CHUNK_RECORDS or source_bytes >= CHUNK_BYTES:
+            yield raws, source_bytes
+            raws, source_bytes = [], 0
+    if raws:
+        yield raws, source_bytes
 
 
-def _encode_corpus(corpus: Corpus, tokenizer: Tokenizer, workers: int) -> Iterator[tuple[EncodedChunk, int]]:
-    """Yield ``(encoded chunk, source_bytes)`` in corpus order."""
+def _encode_corpus(corpus: Corpus, tokenizer: Tokenizer, workers: int) -> Iterator[tuple[EncodedChunk | None, list[str], int]]:
+    """Yield ``(encoded chunk, problems, source_bytes)`` in corpus order."""
+    kind, normalize = corpus.kind, corpus.normalize
     if workers == 1:
-        for payloads, source_bytes in _chunk_records(corpus):
-            yield encode_payloads(tokenizer, corpus.kind, payloads), source_bytes
+        for raws, source_bytes in _chunk_records(corpus):
+            yield *_encode_raw(tokenizer, kind, normalize, raws), source_bytes
         return
 
     # Leaving the with block (also on error or when the consumer stops early) terminates the pool.
     with multiprocessing.Pool(workers, initializer=_start_worker, initargs=(tokenizer.model_proto,)) as pool:
         in_flight: deque = deque()
-        for payloads, source_bytes in _chunk_records(corpus):
-            in_flight.append((pool.apply_async(_encode_in_worker, (corpus.kind, payloads)), source_bytes))
+        for raws, source_bytes in _chunk_records(corpus):
+            in_flight.append((pool.apply_async(_encode_in_worker, (kind, normalize, raws)), source_bytes))
             if len(in_flight) >= workers * CHUNKS_IN_FLIGHT_PER_WORKER:
                 result, done_bytes = in_flight.popleft()
-                yield result.get(), done_bytes
+                yield *result.get(), done_bytes
         while in_flight:
             result, done_bytes = in_flight.popleft()
-            yield result.get(), done_bytes
+            yield *result.get(), done_bytes
