@@ -1,4 +1,4 @@
-"""Routes of the JSON API against the fake generator: shapes, usage counts, streaming and failures."""
+"""Routes of the JSON API against the fake scheduler: shapes, usage counts, streaming and failures."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_models_lists_the_one_model(client):
 
 
 def test_chat_completion_shape_and_usage(make_client, hello_request):
-    client, generator = make_client()
+    client, scheduler = make_client()
     response = client.post("/v1/chat/completions", json=hello_request)
     assert response.status_code == 200
     body = response.get_json()
@@ -35,7 +35,12 @@ def test_chat_completion_shape_and_usage(make_client, hello_request):
     assert isinstance(body["created"], int)
     assert body["model"] == MODEL_NAME
     assert body["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": FULL_REPLY}, "finish_reason": "stop"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": FULL_REPLY},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
     ]
     # The fake template: 3 tokens per message + 2 for the open assistant turn; one token per piece.
     prompt_tokens = 3 + len("Hi") + 2
@@ -44,7 +49,7 @@ def test_chat_completion_shape_and_usage(make_client, hello_request):
         "completion_tokens": 6,
         "total_tokens": prompt_tokens + 6,
     }
-    assert generator.calls == [(hello_request["messages"], {})]
+    assert scheduler.calls == [(hello_request["messages"], {})]
 
 
 def test_each_completion_gets_its_own_id(client, hello_request):
@@ -53,12 +58,12 @@ def test_each_completion_gets_its_own_id(client, hello_request):
     assert first != second
 
 
-def test_generation_settings_are_passed_under_generator_names(make_client, hello_request):
-    client, generator = make_client()
+def test_generation_settings_are_passed_under_scheduler_names(make_client, hello_request):
+    client, scheduler = make_client()
     settings = {"max_tokens": 2, "temperature": 0, "top_p": 0.9, "top_k": 40, "seed": 7, "model": "any-name"}
     response = client.post("/v1/chat/completions", json={**hello_request, **settings})
     assert response.status_code == 200
-    assert generator.calls[0][1] == {
+    assert scheduler.calls[0][1] == {
         "max_new_tokens": 2,
         "temperature": 0.0,
         "top_p": 0.9,
@@ -73,12 +78,12 @@ def test_generation_settings_are_passed_under_generator_names(make_client, hello
 
 
 def test_null_settings_count_as_absent(make_client, hello_request):
-    client, generator = make_client()
+    client, scheduler = make_client()
     nulls = dict.fromkeys(["max_tokens", "temperature", "top_p", "top_k", "seed", "stream", "model"])
     response = client.post("/v1/chat/completions", json={**hello_request, **nulls})
     assert response.status_code == 200
     assert response.get_json()["object"] == "chat.completion"
-    assert generator.calls[0][1] == {}
+    assert scheduler.calls[0][1] == {}
 
 
 def test_body_without_json_content_type_is_accepted(client, hello_request):
@@ -100,7 +105,7 @@ def test_stream_sends_role_content_finish_then_done(client, hello_request, parse
     assert chunks[0]["id"].startswith("chatcmpl-")
     assert all(chunk["model"] == MODEL_NAME for chunk in chunks)
     choices = [chunk["choices"][0] for chunk in chunks]
-    assert choices[0]["delta"] == {"role": "assistant"}
+    assert choices[0]["delta"] == {"role": "assistant", "content": ""}
     contents = [choice["delta"]["content"] for choice in choices[1:-1]]
     assert contents == ["Hello", ", ", "world", "! ", "你好", "。"]
     assert choices[-1]["delta"] == {}
@@ -147,27 +152,27 @@ def test_stream_start_failure_is_json_500(make_client, hello_request):
 
 
 def test_stream_error_after_start_sends_an_error_event(make_client, hello_request, parse_events):
-    client, generator = make_client(error=RuntimeError("boom"), fail_after=2)
+    client, scheduler = make_client(error=RuntimeError("boom"), fail_after=2)
     response = client.post("/v1/chat/completions", json={**hello_request, "stream": True})
     events = parse_events(response.data)
     assert [event["choices"][0]["delta"] for event in events[:3]] == [
-        {"role": "assistant"},
+        {"role": "assistant", "content": ""},
         {"content": "Hello"},
         {"content": ", "},
     ]
     assert events[-1]["error"]["type"] == "server_error"
     assert "[DONE]" not in events
-    assert generator.stream_closed
+    assert scheduler.stream_closed
 
 
-def test_client_disconnect_closes_the_generator_stream(make_client, hello_request, caplog):
-    client, generator = make_client()
+def test_client_disconnect_closes_the_scheduler_stream(make_client, hello_request, caplog):
+    client, scheduler = make_client()
     response = client.post("/v1/chat/completions", json={**hello_request, "stream": True}, buffered=False)
     body = iter(response.response)
     next(body)  # the role chunk
     next(body)  # the first content chunk
-    assert not generator.stream_closed
+    assert not scheduler.stream_closed
     with caplog.at_level(logging.INFO, logger="astrai_server"):
         response.close()
-    assert generator.stream_closed
+    assert scheduler.stream_closed
     assert "client disconnected after 1 completion tokens" in caplog.text

@@ -23,11 +23,11 @@ def test_unknown_page_route_keeps_the_html_404(client):
 
 
 def test_body_over_the_size_cap_is_json_413(make_client):
-    client, generator = make_client()
+    client, scheduler = make_client()
     content = "x" * (1024 * 1024 + 1)
     response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
     assert response.status_code == 413
     error = response.get_json()["error"]
     assert error["type"] == "invalid_request_error"
     assert str(1024 * 1024) in error["message"]
-    assert generator.calls == []
+    assert scheduler.calls == []

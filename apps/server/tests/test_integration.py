@@ -10,39 +10,16 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
 
 pytest.importorskip(
     "astrai_infer", reason="astrai-infer is not installed; run 'pip install -e packages/astrai-infer'"
 )
 
-from astrai_core import ModelConfig, Tokenizer, Transformer, save_checkpoint  # noqa: E402
 from astrai_server import create_app  # noqa: E402
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A small model can still learn the shape of a sentence.",
-    "Please write a short answer in plain English.",
-    "The server streams each piece of the reply as it is generated.",
-    "Tokens are counted for the prompt and for the completion.",
-    "今天天气很好，我们去公园散步吧。",
-    "这个模型很小，只能生成简单的句子。",
-    "请用中文回答这个问题。",
-    "服务器会把回复一段一段地发送给浏览器。",
-    "你好，世界！欢迎使用这个聊天页面。",
-]
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Save a random two-layer model and a 400-token tokenizer as a checkpoint directory."""
-    directory = tmp_path_factory.mktemp("integration")
-    tokenizer = Tokenizer.train(SENTENCES * 20, directory / "tokenizer.model", vocab_size=400)
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, dim_ffn=128, max_len=256
-    )
-    return save_checkpoint(directory / "tiny-random", Transformer(config), tokenizer), tokenizer
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +60,7 @@ def test_stream_joins_to_the_whole_completion(client, parse_events):
     events = parse_events(client.post("/v1/chat/completions", json={**request, "stream": True}).data)
     assert events[-1] == "[DONE]"
     choices = [event["choices"][0] for event in events[:-1]]
-    assert choices[0]["delta"] == {"role": "assistant"}
+    assert choices[0]["delta"] == {"role": "assistant", "content": ""}
     assert "".join(choice["delta"].get("content", "") for choice in choices) == whole["message"]["content"]
     assert [choice["finish_reason"] for choice in choices].count(None) == len(choices) - 1
     assert choices[-1]["finish_reason"] == whole["finish_reason"]

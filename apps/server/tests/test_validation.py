@@ -34,12 +34,28 @@ BAD_FIELDS = [
     ({"messages": HELLO, "seed": -1}, "seed"),
     ({"messages": HELLO, "seed": "42"}, "seed"),
     ({"messages": HELLO, "stream": "yes"}, "stream"),
+    ({"messages": HELLO, "max_tokens": 100000}, "max_tokens"),
+    ({"messages": HELLO, "max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"messages": HELLO, "min_p": 1}, "min_p"),
+    ({"messages": HELLO, "presence_penalty": 3}, "presence_penalty"),
+    ({"messages": HELLO, "frequency_penalty": "x"}, "frequency_penalty"),
+    ({"messages": HELLO, "repetition_penalty": 0}, "repetition_penalty"),
+    ({"messages": HELLO, "stop": 5}, "stop"),
+    ({"messages": HELLO, "stop": [""]}, "stop"),
+    ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": HELLO, "n": 0}, "n"),
+    ({"messages": HELLO, "n": 100}, "n"),
+    ({"messages": HELLO, "stream_options": []}, "stream_options"),
+    ({"messages": HELLO, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
+    ({"messages": HELLO, "logprobs": "yes"}, "logprobs"),
+    ({"messages": HELLO, "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": HELLO, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
 ]
 
 
 @pytest.mark.parametrize(("body", "param"), BAD_FIELDS, ids=[param for _, param in BAD_FIELDS])
 def test_bad_field_is_400_naming_it(make_client, body, param):
-    client, generator = make_client()
+    client, scheduler = make_client()
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
     error = response.get_json()["error"]
@@ -47,7 +63,7 @@ def test_bad_field_is_400_naming_it(make_client, body, param):
     assert error["param"] == param
     assert error["code"] is None
     assert error["message"].startswith(param + ":")
-    assert generator.calls == []
+    assert scheduler.calls == []
 
 
 @pytest.mark.parametrize(
@@ -85,14 +101,14 @@ def test_non_finite_temperature_is_400(client, value):
 
 
 def test_conversation_longer_than_the_context_is_400(make_client):
-    client, generator = make_client(max_len=32)
+    client, scheduler = make_client(max_len=32)
     body = {"messages": [{"role": "user", "content": "x" * 40}]}
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert error["param"] == "messages"
-    assert "32 tokens" in error["message"]
-    assert generator.calls == []
+    assert "max_len is 32" in error["message"]
+    assert scheduler.calls == []
 
 
 def test_stream_request_is_validated_before_streaming(client):
@@ -102,7 +118,7 @@ def test_stream_request_is_validated_before_streaming(client):
 
 
 def test_system_and_assistant_roles_are_accepted(make_client):
-    client, generator = make_client()
+    client, scheduler = make_client()
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
@@ -111,4 +127,25 @@ def test_system_and_assistant_roles_are_accepted(make_client):
     ]
     response = client.post("/v1/chat/completions", data=json.dumps({"messages": messages}))
     assert response.status_code == 200
-    assert generator.calls[0][0][-1] == {"role": "user", "content": "你好"}
+    assert scheduler.calls[0][0][-1] == {"role": "user", "content": "你好"}
+
+
+BAD_COMPLETIONS = [
+    ({}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": "Hi", "logprobs": 6}, "logprobs"),
+    ({"prompt": "Hi", "max_tokens": -1}, "max_tokens"),
+    ({"prompt": "x" * 200}, "prompt"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), BAD_COMPLETIONS, ids=[param for _, param in BAD_COMPLETIONS])
+def test_bad_completions_field_is_400_naming_it(make_client, body, param):
+    client, scheduler = make_client()
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["param"] == param
+    assert response.get_json()["error"]["type"] == "invalid_request_error"
+    assert scheduler.calls == []

@@ -1,38 +1,52 @@
-"""The JSON API: an OpenAI-compatible chat completions endpoint, the model list and a health check.
+"""The JSON API: OpenAI-compatible chat completions and completions, the model list, health, metrics.
 
 Design choices:
-- Requests and responses use the fields of OpenAI's chat completions format that the README lists,
-  under the same ``/v1`` paths, so code written for that format needs only a different base URL.
-- Streaming uses server-sent events: a first chunk with the assistant role, one chunk per piece of
-  text, a last chunk whose ``finish_reason`` is set, then ``data: [DONE]``. JSON is written with
-  ``ensure_ascii=False`` so Chinese text travels as UTF-8, not as ``\\u`` escapes.
-- The event generator gets every value it needs as arguments and touches no request or app context,
-  so it runs unchanged after the view has returned.
-- Bad input gets a 400 before generation starts, and so does a conversation too long for the model's
-  context. An error during generation is logged with its traceback, and the client gets a plain 500,
-  or an ``error`` event when the stream has already begun.
+- Requests and responses use OpenAI's shapes (``responses.py``) under the same ``/v1`` paths, so
+  the official ``openai`` client works with only a different base URL.
+- Every request is submitted to the app's ``astrai_infer.Scheduler``, which batches it with the
+  other requests in flight; this module only checks input and formats output. ``n > 1`` submits n
+  requests; with a ``seed``, choice ``i`` uses ``seed + i`` so the choices differ but repeat.
+- Streaming uses server-sent events. A chat choice opens with the assistant role, every chunk
+  carries new text, and the last chunk of each choice alone has a ``finish_reason``. With
+  ``stream_options.include_usage`` a chunk with empty ``choices`` and the usage counts comes
+  next, then ``data: [DONE]``. Choices are streamed one after the other; they are generated
+  together.
+- When a client disconnects, the WSGI server closes the event generator, and closing it cancels
+  the requests' handles, so the scheduler frees their rows before the next step.
+- Bad input gets a 400 naming the field before anything is submitted, and so does a prompt too
+  long for the model's context. An error during generation is logged with its traceback, and the
+  client gets a plain 500, or an ``error`` event when the stream has already begun.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
 import time
 from collections.abc import Iterator
-from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from astrai_infer import GenerationConfig
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from .errors import error_response
 from .model import ServedModel, get_served_model
-from .validation import ChatRequest, RequestError, parse_chat_request
+from .responses import CompletionShape, sse_data, usage
+from .validation import ChatRequest, RequestError, parse_chat_request, parse_completion_request
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
 
 GENERATION_FAILED = "generation failed because of a server error; the server log has the details"
+METRICS_KEY = "astrai_metrics"
+
+
+@bp.after_app_request
+def _count_request(response):
+    """Count every API request by route and status for ``/metrics``."""
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    if rule.startswith("/v1") or rule == "unmatched":
+        current_app.extensions[METRICS_KEY].count_request(rule, response.status_code)
+    return response
 
 
 @bp.get("/health")
@@ -43,6 +57,15 @@ def health():
         body = {"status": "no_model", "checkpoint": str(served.checkpoint), "message": served.hint}
         return jsonify(body), 503
     return jsonify({"status": "ok", "model": served.model_id, "max_len": served.max_len})
+
+
+@bp.get("/metrics")
+def metrics():
+    """Request, token and latency counters and the scheduler's queue, in Prometheus text format."""
+    served = get_served_model()
+    stats = served.scheduler.stats() if served.ready else None
+    text = current_app.extensions[METRICS_KEY].render(stats)
+    return Response(text, mimetype="text/plain", headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
 @bp.get("/v1/models")
@@ -58,117 +81,117 @@ def list_models():
 @bp.post("/v1/chat/completions")
 def chat_completions():
     """Generate the assistant's next message for a conversation, as one JSON body or as events."""
+    return _complete(chat=True)
+
+
+@bp.post("/v1/completions")
+def completions():
+    """Continue a text prompt, as one JSON body or as events."""
+    return _complete(chat=False)
+
+
+def _complete(chat: bool):
     served = get_served_model()
     if not served.ready:
         return _no_model_error(served)
+    start = time.perf_counter()
+    body = request.get_data()  # raises Flask's 413 for a body over MAX_CONTENT_LENGTH
     try:
-        chat = parse_chat_request(request.get_data())
-        _check_context_length(served, chat)
+        parse = parse_chat_request if chat else parse_completion_request
+        parsed = parse(body, served.max_len)
+        handles = _submit(served, parsed, "messages" if chat else "prompt")
     except RequestError as error:
         return error_response(400, error.message, param=error.param)
+    except Exception:
+        logger.exception("submitting a %s request failed", "chat" if chat else "completion")
+        return error_response(500, GENERATION_FAILED, "server_error")
 
-    completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-    created = int(time.time())
-    start = time.perf_counter()
-    if chat.stream:
-        try:
-            # Called here, not inside the event generator, so its up-front checks can still fail as JSON.
-            chunks = served.generator.stream(chat.messages, **chat.generation)
-        except Exception:
-            logger.exception("streamed chat completion %s failed to start", completion_id)
-            return error_response(500, GENERATION_FAILED, "server_error")
-        events = _stream_events(chunks, served.model_id, completion_id, created, start)
+    shape = CompletionShape(chat, served.model_id, served.scheduler.tokenizer, parsed.include_usage)
+    metrics = current_app.extensions[METRICS_KEY]
+    if parsed.stream:
+        events = _stream_events(handles, shape, metrics, start)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return Response(events, mimetype="text/event-stream", headers=headers)
 
     try:
-        completion = served.generator.complete(chat.messages, **chat.generation)
+        results = [handle.result() for handle in handles]
     except Exception:
-        logger.exception("chat completion %s failed", completion_id)
+        logger.exception("completion %s failed", shape.id)
         return error_response(500, GENERATION_FAILED, "server_error")
-    completion_tokens = len(completion.token_ids)
-    _log_completion(completion_id, completion.prompt_tokens, completion_tokens, start)
-    return jsonify(
-        {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": served.model_id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": completion.text},
-                    "finish_reason": completion.finish_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": completion.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": completion.prompt_tokens + completion_tokens,
-            },
-        }
-    )
+    choices = [
+        shape.choice(index, result.text, _finish(result.finish_reason),
+                     shape.logprobs(result.token_ids, result.logprobs, result.top_logprobs))
+        for index, result in enumerate(results)
+    ]
+    prompt_tokens, completion_tokens = results[0].prompt_tokens, sum(len(r.token_ids) for r in results)
+    metrics.record_completion(prompt_tokens, completion_tokens, time.perf_counter() - start)
+    _log_completion(shape.id, prompt_tokens, completion_tokens, start)
+    return jsonify(shape.body(choices, usage(prompt_tokens, completion_tokens)))
 
 
-def _check_context_length(served: ServedModel, chat: ChatRequest) -> None:
-    """Reject a conversation that leaves no room in the context for even one reply token."""
-    prompt_ids = served.generator.tokenizer.apply_chat_template(chat.messages, add_generation_prompt=True)
-    if len(prompt_ids) >= served.max_len:
-        raise RequestError(
-            f"messages: the conversation is {len(prompt_ids)} tokens, but the model's context is "
-            f"{served.max_len} tokens including the reply; drop or shorten earlier messages",
-            "messages",
-        )
-
-
-def _stream_events(
-    chunks: Iterator[Any], model_id: str, completion_id: str, created: int, start: float
-) -> Iterator[str]:
-    """Turn the generator's ``StreamChunk``s into the server-sent events of one completion."""
-
-    def event(delta: dict[str, str], finish_reason: str | None = None) -> str:
-        chunk = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_id,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-        return _sse_data(chunk)
-
-    last = None
+def _submit(served: ServedModel, parsed: ChatRequest, prompt_field: str) -> list:
+    """Build the config, submit ``n`` requests and return their handles; bad prompts raise ``RequestError``."""
+    config = GenerationConfig(**parsed.generation)
+    prompt = parsed.messages if parsed.prompt is None else parsed.prompt
+    handles = []
     try:
-        yield event({"role": "assistant"})
-        for last in chunks:
-            if last.text:
-                yield event({"content": last.text})
+        for index in range(parsed.n):
+            seed = None if config.seed is None else (config.seed + index) % 2**64
+            handles.append(served.scheduler.submit(prompt, config.replace(seed=seed)))
+    except ValueError as error:
+        for handle in handles:
+            handle.cancel()
+        # The scheduler's message names the prompt and the context length; the field is ours.
+        raise RequestError(f"{prompt_field}: {error}", prompt_field) from None
+    return handles
+
+
+def _stream_events(handles: list, shape: CompletionShape, metrics, start: float) -> Iterator[str]:
+    """Turn the handles' ``StreamChunk``s into the server-sent events of one response."""
+    completion_tokens, prompt_tokens, first = 0, handles[0].prompt_tokens, True
+    try:
+        for index, handle in enumerate(handles):
+            if shape.chat:
+                yield shape.chunk(index, None, role=True)
+            text_offset = 0
+            for piece in handle:
+                if first and piece.completion_tokens:
+                    metrics.record_first_token(time.perf_counter() - start)
+                    first = False
+                logprobs = None
+                if piece.logprobs:
+                    token_ids = handle.token_ids[-len(piece.logprobs):]
+                    logprobs = shape.logprobs(token_ids, piece.logprobs, piece.top_logprobs, text_offset)
+                if piece.text or logprobs:
+                    yield shape.chunk(index, piece.text, logprobs=logprobs)
+                text_offset += len(piece.text)
+                if piece.finish_reason is not None:
+                    completion_tokens += piece.completion_tokens
+                    yield shape.chunk(index, None, _finish(piece.finish_reason))
     except GeneratorExit:
-        completion_tokens = last.completion_tokens if last is not None else 0
-        logger.info("%s | client disconnected after %d completion tokens", completion_id, completion_tokens)
+        received = sum(len(handle.token_ids) for handle in handles)
+        logger.info("%s | client disconnected after %d completion tokens", shape.id, received)
         raise
     except Exception:
-        logger.exception("streamed chat completion %s failed", completion_id)
+        logger.exception("streamed completion %s failed", shape.id)
         error = {"message": GENERATION_FAILED, "type": "server_error", "param": None, "code": None}
-        yield _sse_data({"error": error})
+        yield sse_data({"error": error})
         return
     finally:
-        # A stream holds the generator's lock until it is exhausted or closed. When a client
-        # disconnects, Werkzeug closes this generator, GeneratorExit arrives at a ``yield`` above,
-        # and closing ``chunks`` here releases the lock for the next request.
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        # Cancels whatever is still generating, for example after a client disconnect.
+        for handle in handles:
+            handle.close()
 
-    if last is not None:
-        _log_completion(completion_id, last.prompt_tokens, last.completion_tokens, start)
-    # The generator sets finish_reason on its last chunk. "stop" covers a stream with no chunks.
-    finish_reason = last.finish_reason if last is not None and last.finish_reason else "stop"
-    yield event({}, finish_reason)
+    metrics.record_completion(prompt_tokens, completion_tokens, time.perf_counter() - start)
+    _log_completion(shape.id, prompt_tokens, completion_tokens, start)
+    if shape.include_usage:
+        yield shape.event([], usage(prompt_tokens, completion_tokens))
     yield "data: [DONE]\n\n"
 
 
-def _sse_data(payload: dict) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+def _finish(reason: str | None) -> str:
+    """OpenAI's finish reason: a cancelled request (its client is gone) reads as "stop"."""
+    return reason if reason in ("stop", "length") else "stop"
 
 
 def _no_model_error(served: ServedModel):

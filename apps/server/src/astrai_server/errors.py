@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 # Paths whose clients expect JSON, never HTML, even for errors Flask raises before a view runs.
 API_PREFIX = "/v1/"
-API_PATHS = ("/v1", "/health")
+API_PATHS = ("/v1", "/health", "/metrics")
 
 
 def error_response(
