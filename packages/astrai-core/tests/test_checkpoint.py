@@ -115,3 +115,20 @@ def test_loading_does_not_hold_weights_twice(tmp_path):
         [sys.executable, "-c", LOAD_AND_MEASURE, str(tmp_path / "ckpt")], check=True, capture_output=True, text=True
     )
     assert int(output.stdout) <= 1.3 * weight_bytes
+
+
+def test_damaged_weights_file_is_named(tmp_path):
+    save_checkpoint(tmp_path / "ckpt", make_model())
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_checkpoint_folder_follows_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "ckpt", make_model())
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755

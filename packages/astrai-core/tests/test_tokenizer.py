@@ -98,3 +98,15 @@ def test_chars_per_token_positive(tokenizer):
 )
 def test_detect_language(text, language):
     assert detect_language(text) == language
+
+
+def test_lone_surrogate_is_rejected(tokenizer):
+    with pytest.raises(ValueError, match="U\\+D800"):
+        tokenizer.encode("bad \ud800 text")
+
+
+def test_non_sentencepiece_file_is_named(tmp_path):
+    path = tmp_path / "not.model"
+    path.write_text('{"messages": []}\n')
+    with pytest.raises(ValueError, match="not a valid SentencePiece model"):
+        Tokenizer(path)

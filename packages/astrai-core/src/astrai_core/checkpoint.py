@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
@@ -80,11 +80,19 @@ def save_checkpoint(
         if extra_files is not None:
             extra_files(tmp)
         _fsync_directory(tmp)
+        # mkdtemp creates the folder readable by its owner alone; give it the usual permissions.
+        tmp.chmod(0o777 & ~_umask())
         _replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -125,8 +133,14 @@ def load_checkpoint(
             "Train one with 'astrai-train run CONFIG.json' or pass the directory a run wrote"
         )
     config = ModelConfig.load(path / CONFIG_FILE)
-    with safe_open(path / WEIGHTS_FILE, framework="pt", device=str(device)) as weights:
-        state = {name: _cast(weights.get_tensor(name), dtype) for name in weights.keys()}
+    try:
+        with safe_open(path / WEIGHTS_FILE, framework="pt", device=str(device)) as weights:
+            state = {name: _cast(weights.get_tensor(name), dtype) for name in weights.keys()}
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} is not a readable safetensors file ({error}); the file is damaged or "
+            "incomplete, so save or copy the checkpoint again"
+        ) from None
     model = model_from_state_dict(config, state, source=f"{path / WEIGHTS_FILE} and {path / CONFIG_FILE}")
     with open(path / WEIGHTS_FILE, "rb") as handle:
         header_size = int.from_bytes(handle.read(8), "little")

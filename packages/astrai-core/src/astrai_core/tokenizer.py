@@ -55,7 +55,14 @@ class Tokenizer:
                     "'astrai-data tokenizer train CORPUS -o TOKENIZER.model'"
                 )
             self._proto = path.read_bytes()
-        self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        source = "tokenizer model" if isinstance(model, bytes) else f"tokenizer model {model}"
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{source} is not a valid SentencePiece model ({error}); pass the .model file written by "
+                "'astrai-data tokenizer train'"
+            ) from None
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
         self.pad_id = self.sp.pad_id()
@@ -151,7 +158,11 @@ class Tokenizer:
         return frozenset({self.eos_id, self.im_end_id})
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        ids = self.sp.encode(text)
+        try:
+            ids = self.sp.encode(text)
+        except (TypeError, UnicodeEncodeError, RuntimeError):
+            # SentencePiece's binding raises RuntimeError for strings it cannot convert to UTF-8.
+            raise ValueError(_invalid_text_message(text)) from None
         if add_bos:
             ids.insert(0, self.bos_id)
         if add_eos:
@@ -207,6 +218,18 @@ class Tokenizer:
             ids += header + body + newline
             mask += [0] * len(header) + [learn] * len(body) + [0] * len(newline)
         return ids, mask
+
+
+def _invalid_text_message(text: object) -> str:
+    if not isinstance(text, str):
+        return f"text to encode must be a string, got {type(text).__name__}"
+    for position, char in enumerate(text):
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            return (
+                f"text contains a lone UTF-16 surrogate (U+{ord(char):04X}) at character {position}, which is "
+                "not valid Unicode; fix the text's encoding"
+            )
+    return "text cannot be encoded as UTF-8; fix its encoding"
 
 
 def _check_message(message: object, where: str) -> tuple[str, str]:
