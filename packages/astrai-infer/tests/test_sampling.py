@@ -117,3 +117,15 @@ def test_presence_and_frequency_penalties_use_output_counts():
     penalised = apply_penalties(logits, None, counts, presence_penalty=0.5, frequency_penalty=0.25)
     assert penalised.tolist() == [[0.0, -0.75, -1.25]]
     assert torch.equal(apply_penalties(logits, None, counts), logits)
+
+
+@pytest.mark.parametrize("temperature", [1e-7, 1e-320])
+def test_denormal_temperature_is_greedy(temperature):
+    logits = torch.tensor([[0.5, 2.0, 1.0]])
+    assert sample_next_token(logits, temperature=temperature).tolist() == [1]
+
+
+def test_top_p_rounding_to_zero_keeps_best_token():
+    logits = torch.tensor([[0.5, 2.0, 1.0]])
+    ids = sample_next_token(logits, temperature=1.0, top_p=1e-46, generator=torch.Generator().manual_seed(0))
+    assert ids.tolist() == [1]

@@ -122,7 +122,7 @@ def generation_options(command: Callable) -> Callable:
     return command
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="astrai-infer")
 def main() -> None:
     """Generate text with an AstrAI checkpoint."""

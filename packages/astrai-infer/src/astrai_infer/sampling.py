@@ -39,6 +39,9 @@ def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < threshold, float("-inf"))
 
 
+MIN_SAMPLING_TEMPERATURE = 1e-6
+
+
 def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probabilities reach ``top_p`` in each row.
 
@@ -49,7 +52,9 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_logits, sorted_ids = torch.sort(logits, dim=-1, descending=True)  # (B, V)
     probs = torch.softmax(sorted_logits, dim=-1)
     mass_above = torch.cumsum(probs, dim=-1) - probs  # (B, V) probability of the better-ranked tokens
-    sorted_logits = sorted_logits.masked_fill(mass_above >= top_p, float("-inf"))
+    removed = mass_above >= top_p
+    removed[..., 0] = False  # a top_p that rounds to 0 in float32 must still leave one token
+    sorted_logits = sorted_logits.masked_fill(removed, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, sorted_ids, sorted_logits)
 
 
@@ -116,7 +121,9 @@ def sample_next_token(
     Returns:
         (B,) int64 token ids on ``logits.device``.
     """
-    if temperature == 0:
+    # Below this, dividing float32 logits by the temperature underflows or divides by zero; the
+    # distribution is a point mass on the most likely token anyway, so decode greedily.
+    if temperature < MIN_SAMPLING_TEMPERATURE:
         return torch.argmax(logits, dim=-1)
     # Subtracting the row maximum first keeps a tiny temperature from overflowing to inf - inf = NaN.
     logits = logits.float()
