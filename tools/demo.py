@@ -35,7 +35,7 @@ import numpy as np
 from astrai_core import Tokenizer, detect_language
 from astrai_data import Corpus, PackedDataset, PackStats, measure_compression, pack_corpus, train_tokenizer
 from astrai_infer import Generator
-from astrai_train import TrainCallback, TrainConfig, Trainer
+from astrai_train import TrainCallback, TrainConfig, TrainContextBuilder, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "demo"))
@@ -154,16 +154,34 @@ class RewardRecorder(TrainCallback):
 def run_grpo(config: TrainConfig) -> tuple[float, float]:
     """Train with GRPO; return the mean reward of the first and of the last quarter of the steps."""
     recorder = RewardRecorder()
-    trainer = Trainer(config)
+    trainer = fresh_trainer(config)
     trainer.callbacks.append(recorder)
     trainer.train()
     quarter = max(len(recorder.rewards) // 4, 1)
     return sum(recorder.rewards[:quarter]) / quarter, sum(recorder.rewards[-quarter:]) / quarter
 
 
+def fresh_trainer(config: TrainConfig) -> Trainer:
+    """A trainer that starts over: the demo retrains every stage instead of resuming an old run."""
+    shutil.rmtree(config.out_dir, ignore_errors=True)
+    return Trainer(config, builder=TrainContextBuilder(config, resume=False))
+
+
+def check_corpus(corpus: Path) -> None:
+    """Fail early, naming what is missing, when a --corpus folder lacks the demo's layout."""
+    required = [corpus / "pretrain", corpus / "heldout", corpus / "sft.jsonl", corpus / "heldout" / "sft.jsonl"]
+    missing = [str(path) for path in required if not path.exists()]
+    if missing:
+        raise SystemExit(
+            f"error: the corpus folder {corpus} lacks {', '.join(missing)}. The demo expects pretrain/**/*.txt, "
+            "heldout/**/*.txt, sft.jsonl and heldout/sft.jsonl (chat records); run without --corpus to "
+            "build such a folder from Debian's documentation"
+        )
+
+
 def run_training(config: TrainConfig) -> tuple[float, float]:
     recorder = EvaluationRecorder()
-    trainer = Trainer(config)
+    trainer = fresh_trainer(config)
     trainer.callbacks.append(recorder)
     trainer.train()
     return recorder.evaluations[0]["val_loss"], recorder.evaluations[-1]["val_loss"]
@@ -188,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
 
     stage("corpus")
     corpus = args.corpus.resolve() if args.corpus else fetch_corpus(log=logger.info)
+    check_corpus(corpus)
     logger.info("corpus: %s", corpus)
     done("corpus")
 

@@ -64,3 +64,16 @@ def test_model_config_overrides_vocab():
     model_config = config.model_config(vocab_size=500)
     assert model_config.n_layers == 2
     assert model_config.vocab_size == 500
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"optimizer": {"lr": "fast"}}, "optimizer.lr must be a number, got 'fast'"),
+        ({"schedule": {"warmup_steps": "ten"}}, "schedule.warmup_steps must be a number"),
+        ({"max_grad_norm": None}, "max_grad_norm must be a number"),
+    ],
+)
+def test_wrong_types_are_named(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict(base(**overrides))

@@ -152,3 +152,45 @@ def test_cli_reports_bad_config(tmp_path):
     assert result.exit_code == 1
     assert "batch_size" in result.output
     assert "Traceback" not in result.output
+
+
+def test_resume_refuses_other_tokenizer(workspace, tmp_path, tiny_config):
+    from astrai_core import Tokenizer
+    from astrai_data import Corpus, pack_corpus
+
+    Trainer(tiny_config(workspace, tmp_path, max_steps=2)).train()
+    # Same vocabulary size (so the model shape matches), different pieces.
+    texts = [(workspace / "corpus" / name).read_text() for name in ("doc00.txt", "doc13.txt")] * 10
+    texts += ["zebra quartz jukebox"] * 30
+    other = Tokenizer.train(texts, tmp_path / "other.model", vocab_size=400)
+    pack_corpus(Corpus(workspace / "corpus", kind="text"), other, tmp_path / "other.arrow", seq_len=32, workers=1)
+    config = tiny_config(
+        workspace,
+        tmp_path,
+        max_steps=4,
+        tokenizer=str(tmp_path / "other.model"),
+        dataset=str(tmp_path / "other.arrow"),
+        val_dataset=None,
+    )
+    with pytest.raises(ValueError, match="another tokenizer"):
+        Trainer(config).train()
+
+
+def test_resume_refuses_other_model_shape(workspace, tmp_path, tiny_config):
+    Trainer(tiny_config(workspace, tmp_path, max_steps=2)).train()
+    bigger = tiny_config(workspace, tmp_path, max_steps=4)
+    bigger.model = dict(bigger.model, n_layers=3)
+    with pytest.raises(ValueError, match="another shape"):
+        Trainer(bigger).train()
+
+
+def test_wrongly_typed_strategy_option(workspace, tmp_path, tiny_config):
+    config = tiny_config(workspace, tmp_path, strategy_options={"label_smoothing": "x"})
+    with pytest.raises(ValueError, match="wrong type"):
+        Trainer(config).train()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_gpu_is_reported(workspace, tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="no CUDA device"):
+        Trainer(tiny_config(workspace, tmp_path, device="cuda")).train()

@@ -18,7 +18,7 @@ from .strategy import StrategyFactory
 from .trainer import Trainer
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="astrai-train")
 def main() -> None:
     """Train AstrAI models: pretraining (seq) and supervised fine-tuning (sft)."""
@@ -70,7 +70,7 @@ def train_process(config_data: dict, resume: bool):
         if rank == 0:
             click.echo(f"{interrupted}; run the same command again to resume", err=True)
         sys.exit(interrupted.exit_code)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as error:
         if rank == 0:
             click.echo(f"Error: {error}", err=True)
         sys.exit(1)

@@ -36,6 +36,7 @@ class OptimizerConfig:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
+        _require_numbers(self, "optimizer.", ("lr", "weight_decay", "beta1", "beta2", "eps"))
         _require(self.lr > 0, "optimizer.lr", self.lr, "a positive learning rate such as 3e-4")
         _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "a value >= 0")
         for name in ("beta1", "beta2"):
@@ -54,6 +55,7 @@ class ScheduleConfig:
     decay_fraction: float = 0.2  # wsd only: the share of steps spent decaying at the end
 
     def __post_init__(self) -> None:
+        _require_numbers(self, "schedule.", ("warmup_steps", "min_lr_ratio", "decay_fraction"))
         _require(self.name in SCHEDULES, "schedule.name", self.name, f"one of {list(SCHEDULES)}")
         _require(self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps, "a value >= 0")
         _require(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", self.min_lr_ratio, "a value in [0, 1]")
@@ -138,6 +140,7 @@ class TrainConfig:
         for name in ("ckpt_interval", "eval_interval", "keep_checkpoints", "seed", "num_threads"):
             value = getattr(self, name)
             _require(_is_int(value) and value >= 0, name, value, "an integer >= 0")
+        _require_numbers(self, "", ("max_grad_norm",))
         _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a value >= 0 (0 disables it)")
         _require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {list(DTYPES)}")
         _require(
@@ -219,6 +222,14 @@ def _is_int(value: object) -> bool:
 def _require(ok: bool, name: str, value: object, expected: str) -> None:
     if not ok:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _require_numbers(owner: object, prefix: str, names: tuple[str, ...]) -> None:
+    """Reject non-numeric values before any comparison, so the message names the field."""
+    for name in names:
+        value = getattr(owner, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{prefix}{name} must be a number, got {value!r}")
 
 
 def _build(cls, data: object, where: str):

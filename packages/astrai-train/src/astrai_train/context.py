@@ -68,6 +68,15 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
+def _check_resumable(checkpoint, model: Transformer, tokenizer: Tokenizer, path: Path) -> None:
+    """Refuse to resume a run whose model or tokenizer differs from the checkpoint's."""
+    fix = f"start a new run in another out_dir, or delete {path.parent}'s step-* folders to start over"
+    if checkpoint.config != model.config:
+        raise ValueError(f"{path} was saved from a model of another shape than this config describes; {fix}")
+    if checkpoint.tokenizer is not None and checkpoint.tokenizer.model_proto != tokenizer.model_proto:
+        raise ValueError(f"{path} was trained with another tokenizer than this run's; {fix}")
+
+
 def _open_for_strategy(path: str, kinds: tuple[str, ...], strategy: str):
     """Open a packed file and check that ``strategy`` can train on its record kind."""
     dataset = open_dataset(path)
@@ -89,6 +98,11 @@ class TrainContextBuilder:
         if self.device.type == "cuda" and self.device.index is None:
             # Each process of a multi-GPU run uses the GPU of its local rank.
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device is {config.device!r} but this PyTorch build has no CUDA device available; "
+                "set device to 'cpu' or install a CUDA build of torch"
+            )
         self.distributed = init_distributed(self.device)
         self.tokenizer: Tokenizer | None = None
         self.model: Transformer | None = None
@@ -209,6 +223,7 @@ class TrainContextBuilder:
         if self.optimizer is None:
             self.with_optimizer()
         checkpoint = load_checkpoint(path, device=self.device)
+        _check_resumable(checkpoint, self.model, self.tokenizer, path)
         self.model.load_state_dict(checkpoint.model.state_dict())
         progress = read_training_state(path, self.optimizer, self.scheduler)
         self.step = progress["step"]

@@ -156,7 +156,11 @@ class StrategyFactory:
 
     @classmethod
     def create(cls, name: str, model: nn.Module, device: torch.device | str = "cpu", **options) -> BaseStrategy:
-        return cls.get(name)(model, device, **options)
+        try:
+            return cls.get(name)(model, device, **options)
+        except TypeError as error:
+            # A wrongly typed option (a string where a number belongs) fails inside a comparison.
+            raise ValueError(f"strategy_options for {name!r} has a value of the wrong type: {error}") from None
 
     @classmethod
     def available_strategies(cls) -> list[str]:
