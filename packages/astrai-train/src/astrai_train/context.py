@@ -216,12 +216,7 @@ class TrainContextBuilder:
         path = Path(path) if path is not None else latest_checkpoint(self.config.out_dir)
         if path is None:
             return self
-        if self.model is None:
-            self.with_model()
-        if self.dataset is None:
-            self.with_dataloader()
-        if self.optimizer is None:
-            self.with_optimizer()
+        self._build_missing_parts()
         checkpoint = load_checkpoint(path, device=self.device)
         _check_resumable(checkpoint, self.model, self.tokenizer, path)
         self.model.load_state_dict(checkpoint.model.state_dict())
@@ -232,7 +227,8 @@ class TrainContextBuilder:
         logger.info("resuming from %s at step %d", path, self.step)
         return self
 
-    def build(self) -> TrainContext:
+    def _build_missing_parts(self) -> None:
+        """Run the set-up steps that were not called explicitly, in their fixed order."""
         if self.tokenizer is None:
             self.with_tokenizer()
         if self.model is None:
@@ -241,6 +237,9 @@ class TrainContextBuilder:
             self.with_dataloader()
         if self.optimizer is None:
             self.with_optimizer()
+
+    def build(self) -> TrainContext:
+        self._build_missing_parts()
         if self.strategy is None:
             self.with_strategy()
         if not self._resume_checked:
