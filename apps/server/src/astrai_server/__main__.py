@@ -4,7 +4,7 @@ Design choices:
 - waitress is a pure-Python WSGI server with a thread pool, so it runs on every platform and keeps
   the whole app, and so the one scheduler thread, in a single process. Servers that fork several
   worker processes would load the model once per worker and batch each worker's requests apart.
-- It listens on 127.0.0.1 unless ``--host`` says otherwise, and never runs Flask's debugger.
+- It listens on 127.0.0.1 unless ``--host`` is given, and never runs Flask's debugger.
 - Each streamed reply holds one waitress thread until it ends, so ``--threads`` bounds the number
   of concurrent clients; it defaults to twice the scheduler's batch size.
 - ``send_bytes=1`` makes waitress pass each server-sent event to the socket as soon as it is

@@ -4,7 +4,7 @@ Design choices:
 - Requests and responses use OpenAI's shapes (``responses.py``) under the same ``/v1`` paths, so
   the official ``openai`` client works with only a different base URL.
 - Every request is submitted to the app's ``astrai_infer.Scheduler``, which batches it with the
-  other requests in flight; this module only checks input and formats output. ``n > 1`` submits n
+  other requests in flight. This module only checks input and formats output. ``n > 1`` submits n
   requests; with a ``seed``, choice ``i`` uses ``seed + i`` so the choices differ but repeat.
 - Streaming uses server-sent events. A chat choice opens with the assistant role, every chunk
   carries new text, and the last chunk of each choice alone has a ``finish_reason``. With

@@ -1,7 +1,7 @@
 """OpenAI's response shapes for chat completions and (legacy) completions, whole and streamed.
 
 Design choices:
-- One ``CompletionShape`` per request knows which of the two APIs it answers, so the routes and
+- One ``CompletionShape`` per request records which of the two APIs it serves, so the routes and
   the event stream build choices, chunks and log-probabilities without branching on the API.
 - A token's text for ``logprobs`` is the token decoded on its own. A byte token that is part of a
   Chinese character decodes to U+FFFD on its own; ``bytes`` still carries its UTF-8 text, as in
@@ -42,13 +42,13 @@ class CompletionShape:
             self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{secrets.token_hex(12)}"
 
     def body(self, choices: list[dict], usage: dict | None) -> dict:
-        """The whole response of a non-streamed request."""
+        """Return the whole response of a non-streamed request."""
         kind = "chat.completion" if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model_id,
                 "choices": choices, "usage": usage}
 
     def choice(self, index: int, text: str, finish_reason: str | None, logprobs: dict | None) -> dict:
-        """One choice of a whole response."""
+        """Return one choice of a whole response."""
         if self.chat:
             message = {"role": "assistant", "content": text}
             return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
@@ -56,7 +56,7 @@ class CompletionShape:
 
     def chunk(self, index: int, text: str | None, finish_reason: str | None = None,
               logprobs: dict | None = None, role: bool = False) -> str:
-        """One server-sent event with a delta of one choice; ``role`` opens a chat choice."""
+        """Return a server-sent event with a delta of one choice. ``role`` opens a chat choice."""
         if self.chat:
             delta: dict[str, str] = {"role": "assistant", "content": ""} if role else {}
             if text:
@@ -76,7 +76,7 @@ class CompletionShape:
 
     def logprobs(self, token_ids: list[int], logprobs: list[float] | None,
                  top_logprobs: list | None, text_offset: int = 0) -> dict | None:
-        """The ``logprobs`` object of a choice or chunk, or None when none were requested."""
+        """Return the ``logprobs`` object of a choice or chunk, or None when none were requested."""
         if logprobs is None:
             return None
         tokens = [self.tokenizer.decode([token_id]) for token_id in token_ids]
