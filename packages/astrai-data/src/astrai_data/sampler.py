@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -85,13 +86,16 @@ class ShuffledSampler(Sampler[int]):
                 epoch = position // self.num_samples
                 order = self.permutation(epoch)
             self.consumed += self.world_size
-            yield order[position % self.num_samples]
+            yield int(order[position % self.num_samples])
             position += self.world_size
 
-    def permutation(self, epoch: int) -> list[int]:
-        """Return the sample order of ``epoch``, the same on every rank."""
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Return the sample order of ``epoch``, the same on every rank, as an int64 array.
+
+        An array takes 8 bytes a sample, a Python list of ints about 36.
+        """
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.num_samples, generator=generator).tolist()
+        return torch.randperm(self.num_samples, generator=generator).numpy()
 
     @property
     def epoch(self) -> int:
