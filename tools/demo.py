@@ -8,8 +8,8 @@ Steps, each timed and reported:
 4. Measure a unigram model's held-out loss: the bar a language model must clear.
 5. Pretrain the ``tiny`` preset, reporting held-out loss before and after.
 6. Fine-tune it on the question/answer pairs (SFT).
-7. Align it with DPO on preference pairs made from those answers (another question's answer is
-   the rejected one), reporting held-out preference loss before and after.
+7. Align it with DPO on preference pairs made from those answers (the answer cut to its first third
+   is the rejected one), reporting held-out preference loss before and after.
 8. Train it with GRPO on the questions, rewarding answers in the question's language that end
    their turn.
 9. Generate answers to an English and a Chinese prompt.
@@ -116,20 +116,20 @@ def unigram_loss(train: PackedDataset, val: PackedDataset, vocab_size: int) -> f
 
 
 def make_preference_records(sft_file: Path, output: Path) -> None:
-    """Write DPO pairs from chat pairs: the real answer is chosen, another question's answer in the
-    same language is rejected (fluent but off-topic)."""
-    pairs = [json.loads(line)["messages"] for line in sft_file.read_text(encoding="utf-8").splitlines() if line]
-    by_language: dict[str, list[tuple[str, str]]] = {}
-    for messages in pairs:
-        question, answer = messages[0]["content"], messages[-1]["content"]
-        by_language.setdefault(detect_language(question), []).append((question, answer))
+    """Write DPO pairs from chat pairs: the real answer is chosen, and its first third, cut at a
+    space or punctuation mark, is rejected, so the pair teaches "finish the answer"."""
     with open(output, "w", encoding="utf-8") as handle:
-        for group in by_language.values():
-            for index, (question, answer) in enumerate(group):
-                other = group[(index + len(group) // 2) % len(group)][1]
-                if other != answer:
-                    record = {"prompt": question, "chosen": answer, "rejected": other}
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for line in sft_file.read_text(encoding="utf-8").splitlines():
+            if not line:
+                continue
+            messages = json.loads(line)["messages"]
+            question, answer = messages[0]["content"], messages[-1]["content"]
+            cut = len(answer) // 3
+            while cut > 0 and not (answer[cut - 1].isspace() or answer[cut - 1] in ".,;:!?。，；：！？"):
+                cut -= 1
+            if cut >= 20:
+                record = {"prompt": question, "chosen": answer, "rejected": answer[:cut].rstrip()}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def make_prompt_records(sft_file: Path, output: Path) -> None:
