@@ -11,6 +11,7 @@ Design choices:
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -59,6 +60,13 @@ def _format_bytes(size: int) -> str:
 def main() -> None:
     """Prepare AstrAI training data: train a tokenizer, pack a corpus into rows, inspect them."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    # SIGTERM (from kill or a job scheduler) takes the Ctrl-C path, which stops the workers and
+    # removes the temporary output instead of leaving it behind.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 skip_invalid_option = click.option(
@@ -384,3 +392,7 @@ def _decode_visible(tokenizer: Tokenizer, ids: list[int]) -> str:
             piece = tokenizer.id_to_piece(token_id)
             parts.append(piece if count == 1 else f"{piece}×{count}")
     return "".join(parts)
+
+
+if __name__ == "__main__":
+    main()

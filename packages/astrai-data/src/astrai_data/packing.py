@@ -233,6 +233,9 @@ def _start_worker(model_proto: bytes) -> None:
     # Ctrl-C reaches every process of the group. Only the main process handles it (by terminating
     # the pool), so the workers do not each print a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Forked workers inherit the CLI's SIGTERM handler; Pool.terminate() must end them quietly.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     _worker_tokenizer = Tokenizer(model_proto)
 
 
@@ -263,8 +266,16 @@ def _encode_corpus(corpus: Corpus, tokenizer: Tokenizer, workers: int) -> Iterat
             yield *_encode_raw(tokenizer, kind, normalize, raws), source_bytes
         return
 
+    # A SIGTERM handler that raises while the workers fork would fire inside fork's own callbacks,
+    # where Python ignores the exception. So SIGTERM waits until the pool exists; the workers
+    # unblock it again in _start_worker.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        pool = multiprocessing.Pool(workers, initializer=_start_worker, initargs=(tokenizer.model_proto,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     # Leaving the with block (also on error or when the consumer stops early) terminates the pool.
-    with multiprocessing.Pool(workers, initializer=_start_worker, initargs=(tokenizer.model_proto,)) as pool:
+    with pool:
         in_flight: deque = deque()
         for raws, source_bytes in _chunk_records(corpus):
             in_flight.append((pool.apply_async(_encode_in_worker, (kind, normalize, raws)), source_bytes))
