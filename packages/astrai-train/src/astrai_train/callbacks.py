@@ -98,6 +98,10 @@ class MetricLoggerCallback(TrainCallback):
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+# Step metrics every run has; the others come from the strategy (DPO rewards, GRPO rollouts).
+STANDARD_METRICS = frozenset({"step", "loss", "lr", "tokens_per_second", "logged"})
+
+
 class ProgressCallback(TrainCallback):
     """Logs one line per logged step: ``step 120/4000 | loss 2.341 | lr 3.0e-04 | 41.2k tok/s | eta 3m``."""
 
@@ -113,13 +117,14 @@ class ProgressCallback(TrainCallback):
         done = max(step - self.start_step, 1)
         eta = elapsed / done * (max_steps - step)
         logger.info(
-            "step %d/%d | loss %.3f | lr %.1e | %s tok/s | eta %s",
+            "step %d/%d | loss %.3f | lr %.1e | %s tok/s | eta %s%s",
             step,
             max_steps,
             metrics["loss"],
             metrics["lr"],
             _compact(metrics["tokens_per_second"]),
             _duration(eta),
+            "".join(f" | {name} {value:.3g}" for name, value in metrics.items() if name not in STANDARD_METRICS),
         )
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
