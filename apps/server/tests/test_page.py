@@ -29,3 +29,19 @@ def test_static_files_are_served(client):
     stylesheet = client.get("/static/chat.css")
     assert stylesheet.status_code == 200
     stylesheet.close()
+
+
+def test_page_asks_for_key_only_when_required(make_client):
+    open_client, _ = make_client()
+    assert 'id="api-key"' not in open_client.get("/").get_data(as_text=True)
+    locked_client, _ = make_client({"ASTRAI_API_KEY": "secret"})
+    html = locked_client.get("/").get_data(as_text=True)
+    assert 'id="api-key"' in html
+    assert "secret" not in html
+
+
+def test_script_sends_bearer_key(client):
+    script = client.get("/static/chat.js")
+    source = script.get_data(as_text=True)
+    script.close()
+    assert "Authorization = `Bearer ${apiKeyInput.value}`" in source

@@ -55,7 +55,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions[api.METRICS_KEY] = Metrics()
     init_served_model(app)
     register_error_handlers(app)
-    _require_api_key(app, resolve_setting(app, "ASTRAI_API_KEY", ""))
+    api_key = resolve_setting(app, "ASTRAI_API_KEY", "")
+    app.config["ASTRAI_API_KEY_REQUIRED"] = bool(api_key)  # the page then asks for the key
+    _require_api_key(app, api_key)
     app.register_blueprint(api.bp)
     app.register_blueprint(page.bp)
     return app

@@ -6,7 +6,7 @@ API is stateless like OpenAI's. Without a model it shows how to get one instead 
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, current_app, render_template
 
 from .model import DEMO_COMMAND, POINT_COMMAND, get_served_model
 
@@ -22,4 +22,5 @@ def index():
         served=served,
         demo_command=DEMO_COMMAND,
         point_command=POINT_COMMAND,
+        api_key_required=current_app.config.get("ASTRAI_API_KEY_REQUIRED", False),
     )

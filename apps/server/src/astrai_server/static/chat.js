@@ -8,6 +8,9 @@ const form = document.getElementById("composer");
 const promptBox = document.getElementById("prompt");
 const temperatureInput = document.getElementById("temperature");
 const maxTokensInput = document.getElementById("max-tokens");
+// Present only when the server requires ASTRAI_API_KEY; the key stays in this tab's session storage.
+const apiKeyInput = document.getElementById("api-key");
+if (apiKeyInput) apiKeyInput.value = sessionStorage.getItem("astrai-api-key") || "";
 const sendButton = document.getElementById("send");
 const stopButton = document.getElementById("stop");
 const newChatButton = document.getElementById("new-chat");
@@ -95,7 +98,7 @@ async function sendTurn(text) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: requestHeaders(),
       body: JSON.stringify(request),
       signal: controller.signal,
     });
@@ -162,3 +165,12 @@ newChatButton.addEventListener("click", () => {
   showStatus("");
   promptBox.focus();
 });
+
+function requestHeaders() {
+  const headers = { "Content-Type": "application/json" };
+  if (apiKeyInput && apiKeyInput.value) {
+    sessionStorage.setItem("astrai-api-key", apiKeyInput.value);
+    headers.Authorization = `Bearer ${apiKeyInput.value}`;
+  }
+  return headers;
+}
