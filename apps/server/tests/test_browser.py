@@ -99,3 +99,23 @@ def test_stop_ends_a_reply_mid_way(browser, page_url):
     time.sleep(0.2)
     assert page.locator(".message.assistant .content").first.text_content() == stopped
     page.close()
+
+
+def test_page_shows_exactly_the_api_reply(browser, page_url):
+    import json
+    import urllib.request
+
+    prompt = "请用中文回答：什么是 Debian？"
+    body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": 12, "temperature": 0})
+    request = urllib.request.Request(
+        page_url + "v1/chat/completions", data=body.encode("utf-8"), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        expected = json.loads(response.read().decode("utf-8"))["choices"][0]["message"]["content"]
+
+    page = send(browser, page_url, prompt, temperature="0", max_tokens="12")
+    page.wait_for_function("!document.querySelector('#send').disabled && "
+                           "!document.querySelector('.message.assistant.pending')", timeout=30000)
+    # Greedy decoding: the streamed, rendered reply must be the API's text, character for character.
+    assert page.locator(".message.assistant .content").first.text_content() == expected
+    page.close()
