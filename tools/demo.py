@@ -162,7 +162,7 @@ def run_grpo(config: TrainConfig) -> tuple[float, float]:
 
 
 def fresh_trainer(config: TrainConfig) -> Trainer:
-    """A trainer that starts over: the demo retrains every stage instead of resuming an old run."""
+    """Build a trainer that starts over, because the demo retrains every stage instead of resuming."""
     shutil.rmtree(config.out_dir, ignore_errors=True)
     return Trainer(config, builder=TrainContextBuilder(config, resume=False))
 

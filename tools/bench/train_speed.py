@@ -1,7 +1,7 @@
 """Training throughput of AstrAI's Transformer against Hugging Face transformers' LlamaForCausalLM.
 
 Both models get the same shape (a ~7M and a ~50M preset), the same batch (8 x 256 tokens), the same
-loss, the same AdamW settings and the same thread count; each step is a forward pass, a backward
+loss, the same AdamW settings and the same thread count. Each step is a forward pass, a backward
 pass, gradient clipping and an optimizer step. The two are measured in alternating rounds so that
 machine noise hits both alike, and the median round is reported.
 
@@ -58,7 +58,7 @@ def hf_model(config: ModelConfig) -> torch.nn.Module:
 
 
 def make_step(model: torch.nn.Module, forward: Callable, bf16: bool) -> Callable[[torch.Tensor], None]:
-    """One training step of ``model``: forward, cross-entropy, backward, clip, AdamW."""
+    """Return a function that runs one training step of ``model``: forward, loss, backward, clip, AdamW."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
     def step(batch: torch.Tensor) -> None:

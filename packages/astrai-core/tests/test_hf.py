@@ -103,7 +103,8 @@ def test_export_import_round_trip_is_bit_exact(tmp_path, tokenizer, tie, shard_s
         assert files == ["config.json", "model.safetensors", "tokenizer.model"]
     else:
         shards = [tmp_path / "hf" / name for name in files if name.startswith("model-")]
-        assert "model.safetensors.index.json" in files and len(shards) > 2
+        assert "model.safetensors.index.json" in files
+        assert len(shards) > 2
         # Each shard holds at most shard_size bytes of tensors (plus its small JSON header).
         assert all(shard.stat().st_size <= shard_size + 2_000 for shard in shards)
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -182,7 +183,8 @@ def test_both_rope_spellings_are_read():
     legacy = config_from_hf(llama_config(rope_scaling={"type": "linear", "factor": 2.0}, rope_theta=5e5))
     current = config_from_hf(llama_config(rope_parameters={**scaling, "rope_theta": 5e5}))
     assert legacy == current
-    assert legacy.rope_scaling == scaling and legacy.rope_theta == 5e5
+    assert legacy.rope_scaling == scaling
+    assert legacy.rope_theta == 5e5
 
 
 def test_weight_names():

@@ -305,7 +305,8 @@ def test_logprobs_are_the_models_log_softmax(generator, model, tokenizer):
 
 def test_logprobs_are_off_by_default(generator):
     completion = generator.complete(PROMPTS[0], GREEDY, max_new_tokens=3)
-    assert completion.logprobs is None and completion.top_logprobs is None
+    assert completion.logprobs is None
+    assert completion.top_logprobs is None
 
 
 def test_truncate_prompt_keeps_the_last_tokens(generator, model):

@@ -56,7 +56,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     init_served_model(app)
     register_error_handlers(app)
     api_key = resolve_setting(app, "ASTRAI_API_KEY", "")
-    app.config["ASTRAI_API_KEY_REQUIRED"] = bool(api_key)  # the page then asks for the key
+    app.config["ASTRAI_API_KEY_REQUIRED"] = bool(api_key)  # the page then shows a key field
     _require_api_key(app, api_key)
     app.register_blueprint(api.bp)
     app.register_blueprint(page.bp)

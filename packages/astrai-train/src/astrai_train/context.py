@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from astrai_core import Tokenizer, Transformer, load_checkpoint
-from astrai_data import PackedDataset, ShuffledSampler, open_dataset
+from astrai_data import PackedDataset, PreferenceDataset, PromptDataset, ShuffledSampler, open_dataset
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -33,6 +33,9 @@ from .state import is_training_checkpoint, read_training_state
 from .strategy import BaseStrategy, StrategyFactory
 
 logger = logging.getLogger(__name__)
+
+# Any packed file: text and chat windows, preference pairs, or prompts.
+TrainingData = PackedDataset | PreferenceDataset | PromptDataset
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -45,10 +48,10 @@ class TrainContext:
     model: Transformer
     tokenizer: Tokenizer
     strategy: BaseStrategy
-    dataset: PackedDataset
+    dataset: TrainingData
     sampler: ShuffledSampler
     dataloader: DataLoader
-    val_dataset: PackedDataset | None
+    val_dataset: TrainingData | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
@@ -77,7 +80,7 @@ def _check_resumable(checkpoint, model: Transformer, tokenizer: Tokenizer, path:
         raise ValueError(f"{path} was trained with another tokenizer than this run's; {fix}")
 
 
-def _open_for_strategy(path: str, kinds: tuple[str, ...], strategy: str):
+def _open_for_strategy(path: str, kinds: tuple[str, ...], strategy: str) -> TrainingData:
     """Open a packed file and check that ``strategy`` can train on its record kind."""
     dataset = open_dataset(path)
     if dataset.kind not in kinds:
@@ -106,8 +109,8 @@ class TrainContextBuilder:
         self.distributed = init_distributed(self.device)
         self.tokenizer: Tokenizer | None = None
         self.model: Transformer | None = None
-        self.dataset: PackedDataset | None = None
-        self.val_dataset: PackedDataset | None = None
+        self.dataset: TrainingData | None = None
+        self.val_dataset: TrainingData | None = None
         self.sampler: ShuffledSampler | None = None
         self.parallel_model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None

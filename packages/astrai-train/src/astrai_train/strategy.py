@@ -7,8 +7,9 @@ Design choices:
   and ``labels`` (B, T), with -100 wherever no loss is taken (padding, prompt tokens in SFT), and
   ``position_ids`` and ``document_ids`` (B, T). When a batch has the last two, SEQ and SFT pass
   them to the model, so documents packed into one window do not attend to each other.
-- ``compute_loss`` returns the mean over the tokens that carry loss, and the number of those tokens,
-  so the trainer can report tokens per second of real supervision.
+- ``compute_loss`` returns the mean loss over its units (target tokens for SEQ/SFT, pairs for DPO,
+  prompts for GRPO) and how many there were. ``loss_weight`` counts the same units before the
+  forward pass, so the trainer can weight micro-batches and processes by them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ IGNORE_INDEX = -100
 
 @dataclass
 class LossOutput:
-    """The loss to back-propagate and numbers worth logging."""
+    """The loss to back-propagate and numbers worth logging.
+
+    Attributes:
+        loss: Mean loss over the batch's units.
+        num_tokens: Number of those units (target tokens, pairs or prompts, as the strategy defines).
+        metrics: Strategy-specific numbers for the step log.
+    """
 
     loss: torch.Tensor
     num_tokens: int

@@ -125,8 +125,8 @@ class Trainer:
         """Run one optimizer step; return the step's loss and the input tokens processed by all ranks.
 
         Each micro-batch's mean loss is weighted by its share of the step's loss units (target
-        tokens, by default) across all micro-batches and ranks, so the gradient equals that of one
-        big batch: the same for any accumulation_steps and process count with the same global batch.
+        tokens, by default) across all micro-batches and ranks. So the gradient equals that of one
+        big batch, whatever accumulation_steps and process count make up the same global batch.
         """
         context, config = self.context, self.config
         strategy, distributed = context.strategy, context.distributed
