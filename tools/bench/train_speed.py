@@ -48,6 +48,7 @@ def hf_model(config: ModelConfig) -> torch.nn.Module:
         num_hidden_layers=config.n_layers,
         num_attention_heads=config.n_heads,
         num_key_value_heads=config.n_kv_heads,
+        head_dim=config.head_dim,
         max_position_embeddings=config.max_len,
         rms_norm_eps=config.norm_eps,
         rope_theta=config.rope_theta,

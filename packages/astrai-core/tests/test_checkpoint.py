@@ -31,6 +31,19 @@ def test_round_trip_is_bit_exact(tmp_path, tokenizer, tie):
     assert torch.equal(model.eval()(tokens)["logits"], loaded.model(tokens)["logits"])
 
 
+def test_explicit_head_size_round_trips(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=400, dim=32, n_layers=2, n_heads=6, n_kv_heads=2, dim_ffn=64, max_len=64, dim_head=8
+    )
+    model = Transformer(config).eval()
+    save_checkpoint(tmp_path / "ckpt", model)
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config == config
+    tokens = torch.randint(0, 400, (1, 9))
+    assert torch.equal(model(tokens)["logits"], loaded.model(tokens)["logits"])
+
+
 def test_tied_weights_stay_tied_after_load(tmp_path):
     save_checkpoint(tmp_path / "ckpt", make_model(tie=True))
     model = load_checkpoint(tmp_path / "ckpt").model

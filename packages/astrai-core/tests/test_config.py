@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -25,6 +26,10 @@ def test_save_load_round_trip(tmp_path):
         ({"norm_eps": -1.0}, "norm_eps"),
         ({"use_qk_norm": "yes"}, "use_qk_norm"),
         ({"dim": 36, "n_heads": 4}, "head size"),
+        ({"dim_head": 15}, "dim_head=15 is odd"),
+        ({"dim_head": 0}, "dim_head must be a positive integer"),
+        ({"dim_head": True}, "dim_head must be a positive integer"),
+        ({"dim_head": 8.0}, "dim_head must be a positive integer"),
     ],
 )
 def test_invalid_value_names_field(overrides, field):
@@ -57,6 +62,77 @@ def test_parameter_count_matches_model(name):
     config = PRESETS[name]
     model = Transformer(config)
     assert config.num_parameters() == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dim_head", [4, 16])
+def test_parameter_count_with_explicit_head_size(dim_head):
+    config = tiny(
+        n_heads=6, dim_head=dim_head, use_qk_norm=True, use_gated_attention=True, tie_embeddings=False
+    )
+    model = Transformer(config)
+    assert config.num_parameters() == sum(p.numel() for p in model.parameters())
+
+
+def test_head_dim_defaults_to_dim_over_heads():
+    config = tiny()
+    assert config.dim_head is None
+    assert config.head_dim == 8
+
+
+def test_explicit_head_size_lifts_divisibility():
+    config = tiny(dim=30, dim_head=16)
+    assert config.head_dim == 16
+    with pytest.raises(ValueError, match="or set dim_head"):
+        tiny(dim=30)
+
+
+def test_preset_copy_recomputes_default_head_size():
+    assert ModelConfig.preset("tiny").head_dim == 32
+    wider = ModelConfig.preset("tiny", dim=384)
+    assert wider.dim_head is None
+    assert wider.head_dim == 64
+    assert ModelConfig.preset("small", n_heads=4, n_kv_heads=2).head_dim == 64
+    assert dataclasses.replace(tiny(), dim=64).head_dim == 16
+
+
+def test_copy_keeps_explicit_head_size():
+    qwen_like = ModelConfig.preset("tiny", dim_head=128)
+    assert qwen_like.head_dim == 128
+    assert dataclasses.replace(qwen_like, dim=384).head_dim == 128
+    assert dataclasses.replace(qwen_like, dim_head=None).head_dim == 32
+
+
+def test_explicit_head_size_round_trips(tmp_path):
+    config = tiny(n_heads=6, dim_head=16)
+    config.save(tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["dim_head"] == 16
+    assert ModelConfig.load(tmp_path / "config.json") == config
+
+
+def test_default_head_size_is_not_written(tmp_path):
+    tiny().save(tmp_path / "config.json")
+    assert "dim_head" not in json.loads((tmp_path / "config.json").read_text())
+
+
+def test_config_file_without_dim_head_loads(tmp_path):
+    # A config.json as AstrAI 0.2.0 wrote it, before the dim_head field existed.
+    old_file = {
+        "vocab_size": 100, "dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "dim_ffn": 64,
+        "max_len": 64, "norm_eps": 1e-05, "rope_theta": 10000.0, "use_qk_norm": False,
+        "use_gated_attention": False, "tie_embeddings": True, "rope_scaling": None,
+    }  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old_file))
+    config = ModelConfig.load(path)
+    assert config == tiny()
+    assert config.head_dim == 8
+
+
+def test_head_dim_key_gets_hint(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(tiny().to_dict() | {"head_dim": 16}))
+    with pytest.raises(ValueError, match="head size field is dim_head"):
+        ModelConfig.load(path)
 
 
 def test_one_billion_preset_size():

@@ -41,6 +41,14 @@ PARITY_CASES = {
         "use_qk_norm": True,
         "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
     },
+    # Explicit head sizes: 4 heads of 32 are wider than hidden_size=64, and 64 does not split into 6 heads.
+    "llama-head-dim": {"dim_head": 32, "tie_embeddings": False},
+    "qwen3-head-dim": {"use_qk_norm": True, "n_heads": 6, "n_kv_heads": 2, "dim_head": 16},
+    "qwen3-head-dim-yarn": {
+        "use_qk_norm": True,
+        "dim_head": 32,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    },
     "yarn-mscale": {
         "rope_scaling": {
             "rope_type": "yarn",
@@ -121,6 +129,52 @@ def test_export_import_round_trip_is_bit_exact(tmp_path, tokenizer, tie, shard_s
         assert imported.model.lm_head.weight.data_ptr() == imported.model.embed_tokens.weight.data_ptr()
 
 
+def test_head_dim_round_trip_is_bit_exact(tmp_path):
+    model = make_model(use_qk_norm=True, n_heads=6, n_kv_heads=2, dim_head=16, tie_embeddings=False)
+    export_hf_checkpoint(model, tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["head_dim"] == 16
+    imported = import_hf_checkpoint(tmp_path / "hf")
+    assert imported.config == model.config
+    original, restored = model.state_dict(), imported.model.state_dict()
+    assert original.keys() == restored.keys()
+    for name in original:
+        assert torch.equal(original[name], restored[name]), name
+
+
+# transformers' LlamaConfig requires hidden_size % num_attention_heads == 0 even with head_dim set.
+@pytest.mark.parametrize(("family", "n_heads"), [("llama", 4), ("qwen3", 6)])
+def test_transformers_head_dim_folder_imports(tmp_path, family, n_heads):
+    """Import a folder that transformers wrote itself, with head_dim * heads != hidden_size."""
+    transformers = pytest.importorskip("transformers")
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }[family]
+    # initializer_range=0.2 makes the attention scores large enough that a wrong softmax scale
+    # (1/sqrt(hidden_size / heads) in place of 1/sqrt(head_dim)) shows in the logits.
+    hf_config = config_class(
+        vocab_size=120, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=n_heads, num_key_value_heads=2, head_dim=24, max_position_embeddings=256,
+        tie_word_embeddings=False, initializer_range=0.2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf_model = model_class(hf_config).eval()
+    with torch.no_grad():
+        for param in hf_model.parameters():
+            if param.dim() == 1:
+                param.uniform_(0.5, 1.5)
+    hf_model.save_pretrained(tmp_path / "hf")
+
+    imported = import_hf_checkpoint(tmp_path / "hf")
+    assert imported.config.head_dim == 24
+    assert imported.config.use_qk_norm == (family == "qwen3")
+    tokens = torch.randint(0, 120, (2, 50), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = imported.model(tokens)["logits"]
+        theirs = hf_model(tokens).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
 def test_export_of_a_checkpoint_takes_its_tokenizer(tmp_path, tokenizer):
     save_checkpoint(tmp_path / "ckpt", make_model(vocab_size=400), tokenizer)
     export_hf_checkpoint(load_checkpoint(tmp_path / "ckpt"), tmp_path / "hf")
@@ -139,6 +193,12 @@ def test_exported_folder_loads_in_bfloat16(tmp_path):
 def test_gated_attention_cannot_be_exported(tmp_path):
     with pytest.raises(ValueError, match="use_gated_attention"):
         export_hf_checkpoint(make_model(use_gated_attention=True), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_llama_export_rejects_uneven_heads(tmp_path):
+    with pytest.raises(ValueError, match="dim=64 and n_heads=6 as llama"):
+        export_hf_checkpoint(make_model(n_heads=6, n_kv_heads=2, dim_head=16), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
 
@@ -166,7 +226,6 @@ def llama_config(**changes) -> dict:
     [
         ({"attention_bias": True}, "attention_bias=True"),
         ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-        ({"head_dim": 16}, "head_dim=16"),
         ({"use_sliding_window": True}, "use_sliding_window=True"),
         ({"quantization_config": {"bits": 4}}, "quantization_config"),
         ({"model_type": "gemma"}, "'gemma'"),
@@ -176,6 +235,43 @@ def llama_config(**changes) -> dict:
 def test_unsupported_config_fields_are_named(changes, named):
     with pytest.raises(ValueError, match=named.replace("(", r"\(")):
         config_from_hf(llama_config(**changes))
+
+
+def test_head_dim_is_imported():
+    assert config_from_hf(llama_config()).head_dim == 8
+    assert config_from_hf(llama_config(head_dim=8)).dim_head is None
+    assert config_from_hf(llama_config(head_dim=16)).dim_head == 16
+    assert config_from_hf(llama_config(hidden_size=36, num_attention_heads=6, head_dim=12)).dim_head == 12
+
+
+def test_qwen3_head_dim_defaults_to_128():
+    assert config_from_hf(llama_config(model_type="qwen3")).head_dim == 128
+    assert config_from_hf(llama_config(model_type="qwen3", head_dim=8)).dim_head is None
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "named"), [(7, "dim_head=7 is odd"), (0, "dim_head must be a positive integer")]
+)
+def test_invalid_head_dim_is_named(head_dim, named):
+    with pytest.raises(ValueError, match=named):
+        config_from_hf(llama_config(head_dim=head_dim))
+
+
+def test_qwen3_0_6b_config_is_imported():
+    # The shape fields of Qwen/Qwen3-0.6B's config.json. Its model card gives 0.44B non-embedding
+    # parameters.
+    config = config_from_hf(
+        llama_config(
+            model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+            num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+            max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000, tie_word_embeddings=True,
+            sliding_window=None, use_sliding_window=False, max_window_layers=28, attention_bias=False,
+            attention_dropout=0.0,
+        )
+    )  # fmt: skip
+    assert (config.dim, config.n_heads, config.head_dim) == (1024, 16, 128)
+    assert config.use_qk_norm
+    assert 0.435e9 < config.num_parameters(include_embeddings=False) < 0.445e9
 
 
 def test_both_rope_spellings_are_read():

@@ -17,6 +17,9 @@ VARIANTS = [
     {"tie_embeddings": False},
     {"n_kv_heads": 4},
     {"n_kv_heads": 1, "use_qk_norm": True, "use_gated_attention": True},
+    # Explicit head sizes: 4 x 16 is wider than dim=32, and dim=32 does not divide into 6 heads.
+    {"dim_head": 16},
+    {"n_heads": 6, "n_kv_heads": 3, "dim_head": 4, "use_qk_norm": True, "use_gated_attention": True},
 ]
 
 
@@ -99,3 +102,15 @@ def test_cache_drop_left_keeps_later_positions():
     assert torch.equal(cache.keys[:, :, :, :4], tail)
     with pytest.raises(ValueError, match="cannot drop"):
         cache.drop_left(5)
+
+
+def test_explicit_head_size_shapes():
+    model = make_model(n_heads=6, n_kv_heads=2, dim_head=8, use_gated_attention=True)
+    attention = model.layers[0].attention
+    assert attention.q_proj.weight.shape == (48, 32)
+    assert attention.k_proj.weight.shape == (16, 32)
+    assert attention.v_proj.weight.shape == (16, 32)
+    assert attention.o_proj.weight.shape == (32, 48)
+    assert attention.gate_proj.weight.shape == (48, 32)
+    assert model.rope_cos.shape == (64, 8)
+    assert model.make_kv_cache(batch_size=3).keys.shape == (2, 3, 2, 64, 8)

@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from astrai_core import save_checkpoint
+from astrai_core import ModelConfig, Transformer, save_checkpoint
 from astrai_infer import Completion, GenerationConfig, Generator
 from astrai_infer._detokenize import REPLACEMENT_CHARACTER
 
@@ -41,6 +41,26 @@ def test_greedy_matches_full_recompute(generator, model, tokenizer, prompt):
     assert completion.token_ids == greedy_without_cache(model, ids, 24, tokenizer.stop_ids)
     assert completion.prompt_tokens == len(ids)
     assert completion.text == tokenizer.decode(completion.token_ids)
+
+
+GENERATOR_PATHS = [{"fast": False}, {"fast": True, "fuse": False}, {"fast": True, "fuse": True}]
+
+
+@pytest.mark.parametrize("settings", GENERATOR_PATHS)
+def test_explicit_head_size_greedy_matches_recompute(tokenizer, settings):
+    # Qwen3-style heads: 6 heads of 16 (96 wide) over a 64-wide residual stream that 6 does not divide.
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=6, n_kv_heads=2, dim_head=16,
+        dim_ffn=128, max_len=128, use_qk_norm=True, tie_embeddings=False,
+    )  # fmt: skip
+    model = Transformer(config).eval()
+    generator = Generator(model, tokenizer, **settings)
+    completions = generator.complete_batch(PROMPTS, GREEDY)
+    for prompt, completion in zip(PROMPTS, completions):
+        ids = prompt if isinstance(prompt, list) else tokenizer.encode(prompt, add_bos=True)
+        assert completion.token_ids == greedy_without_cache(model, ids, 24, tokenizer.stop_ids), prompt
+        assert generator.complete(prompt, GREEDY) == completion
 
 
 def test_top_k_one_equals_greedy(generator):

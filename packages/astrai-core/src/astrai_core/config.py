@@ -4,6 +4,11 @@ Design choices:
 - Every field is checked in ``__post_init__`` so a bad value fails where it is written, with a
   message naming the field, the value and a fix, instead of as a shape error deep in a forward pass.
 - ``dim_ffn`` is explicit (no hidden multiplier), so a config file states the exact model.
+- The head size has two names. ``dim_head`` is the stored field: ``None`` (the default) or an
+  explicit size, as in Qwen3-0.6B (``dim=1024``, 16 heads of 128). ``head_dim`` is a property
+  that resolves it, and it is what every other module reads. Only the explicit value is stored, so
+  a copy made with ``preset`` or ``dataclasses.replace`` that changes ``dim`` or ``n_heads`` gets
+  the new default head size.
 - Presets are plain instances; ``ModelConfig.preset(name, **overrides)`` copies one with changes.
 """
 
@@ -27,9 +32,11 @@ class ModelConfig:
         vocab_size: Number of token ids, including special tokens.
         dim: Width of the residual stream.
         n_layers: Number of Transformer blocks.
-        n_heads: Number of query heads; ``dim`` must be divisible by it.
+        n_heads: Number of query heads. ``dim`` must be divisible by it unless ``dim_head`` is set.
         n_kv_heads: Number of key/value heads (grouped-query attention); divides ``n_heads``.
         dim_ffn: Hidden width of the SwiGLU feed-forward block.
+        dim_head: Size of each attention head, or ``None`` for ``dim // n_heads``. Hugging Face
+            calls it ``head_dim``. The ``head_dim`` property returns the size in use.
         max_len: Longest sequence (prompt plus generated tokens) the model accepts.
         norm_eps: Epsilon of every RMSNorm.
         rope_theta: Base of the rotary position embedding frequencies.
@@ -54,6 +61,7 @@ class ModelConfig:
     use_gated_attention: bool = False
     tie_embeddings: bool = True
     rope_scaling: dict[str, Any] | None = None
+    dim_head: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "dim_ffn", "max_len"):
@@ -68,10 +76,19 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {value!r}")
-        if self.dim % self.n_heads:
+        if self.dim_head is not None and (
+            isinstance(self.dim_head, bool) or not isinstance(self.dim_head, int) or self.dim_head <= 0
+        ):
+            raise ValueError(
+                "ModelConfig.dim_head must be a positive integer, or null for dim // n_heads, "
+                f"got {self.dim_head!r}"
+            )
+        if self.dim_head is None and self.dim % self.n_heads:
+            nearest = _divisors_near(self.dim, self.n_heads)
             raise ValueError(
                 f"ModelConfig.dim={self.dim} is not divisible by n_heads={self.n_heads}; "
-                f"choose n_heads among the divisors of dim (for example {_divisors_near(self.dim, self.n_heads)})"
+                f"choose n_heads among the divisors of dim (for example {nearest}), "
+                "or set dim_head to the head size you want"
             )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
@@ -81,20 +98,27 @@ class ModelConfig:
             )
         # Normalised here (legacy "type" key, YaRN defaults) so the stored config is explicit.
         object.__setattr__(self, "rope_scaling", check_rope_scaling(self.rope_scaling, self.max_len))
+        if self.dim_head is not None and self.dim_head % 2:
+            raise ValueError(
+                f"ModelConfig.dim_head={self.dim_head} is odd; rotary embeddings need an even head size, "
+                "so choose an even dim_head"
+            )
         if self.head_dim % 2:
             raise ValueError(
                 f"ModelConfig head size dim/n_heads={self.head_dim} is odd; rotary embeddings need an "
-                "even head size, so change dim or n_heads"
+                "even head size, so change dim or n_heads, or set an even dim_head"
             )
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        """Size of each attention head: ``dim_head`` when set, otherwise ``dim // n_heads``."""
+        return self.dim_head if self.dim_head is not None else self.dim // self.n_heads
 
     def num_parameters(self, include_embeddings: bool = True) -> int:
         """Count the parameters a ``Transformer`` built from this config has."""
-        d, k = self.dim, self.n_kv_heads * self.head_dim
-        attention = d * d * 2 + d * k * 2 + (d * d if self.use_gated_attention else 0)
+        d = self.dim
+        q, k = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim  # query and key/value widths
+        attention = d * q * 2 + d * k * 2 + (d * q if self.use_gated_attention else 0)
         attention += 2 * self.head_dim if self.use_qk_norm else 0
         block = attention + 3 * d * self.dim_ffn + 2 * d
         total = self.n_layers * block + d
@@ -105,7 +129,12 @@ class ModelConfig:
     # Serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["dim_head"] is None:
+            # Left out so that config.json files of models without an explicit head size still load
+            # in AstrAI 0.2.0, which rejects unknown fields.
+            del data["dim_head"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "model config") -> ModelConfig:
@@ -115,7 +144,8 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown field(s) {unknown}; valid fields are {sorted(known)}")
+            hint = "; the head size field is dim_head" if "head_dim" in unknown else ""
+            raise ValueError(f"{source}: unknown field(s) {unknown}; valid fields are {sorted(known)}{hint}")
         missing = sorted(f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.name not in data)
         if missing:
             raise ValueError(f"{source}: missing required field(s) {missing}")

@@ -11,9 +11,12 @@ Design choices:
   ``use_gated_attention`` has no Hugging Face equivalent and is refused rather than exported as
   something that computes a different function.
 - Import refuses every ``config.json`` field that would change the computation in a way
-  ``Transformer`` cannot reproduce (biases, another activation, sliding windows, a head size other
-  than ``hidden_size / num_attention_heads``, other RoPE types) and names those fields. Fields
-  that do not change the function (token ids, dtype, initialiser range, ...) are ignored.
+  ``Transformer`` cannot reproduce (biases, another activation, sliding windows, other RoPE types)
+  and names those fields. Fields that do not change the function (token ids, dtype, initialiser
+  range, ...) are ignored.
+- ``head_dim`` maps to ``ModelConfig.dim_head``. A value equal to ``hidden_size //
+  num_attention_heads`` imports as ``None``, so an AstrAI model without an explicit head size
+  survives a round trip unchanged. Export always writes ``head_dim``.
 - Import memory-maps the safetensors files and builds the model around the mapped tensors, as
   ``load_checkpoint`` does. Export writes into a temporary folder renamed into place.
 - Both the pre-5.0 spelling (``rope_theta`` plus ``rope_scaling``) and the newer ``rope_parameters``
@@ -62,6 +65,10 @@ IGNORED_FIELDS = frozenset(
         "tokenizer_class", "max_window_layers", "sliding_window",
     }
 )  # fmt: skip
+# Head size that transformers gives a qwen3 config.json without head_dim (Qwen3Config's default,
+# checked in transformers 5.25). Llama's default is hidden_size // num_attention_heads.
+QWEN3_DEFAULT_HEAD_DIM = 128
+
 # config.json fields that must have exactly this value (or be absent).
 REQUIRED_VALUES = {
     "hidden_act": "silu",
@@ -133,6 +140,12 @@ def config_from_hf(hf: dict[str, Any], source: str = HF_CONFIG_FILE) -> ModelCon
     rope_theta = rope.pop("rope_theta", None) or hf.get("rope_theta", 10000.0)
     if "partial_rotary_factor" in rope:
         hf = {**hf, "partial_rotary_factor": rope.pop("partial_rotary_factor")}
+    head_dim = hf.get("head_dim")
+    if head_dim is None and model_type == "qwen3":
+        head_dim = QWEN3_DEFAULT_HEAD_DIM
+    hidden_size, n_heads = hf.get("hidden_size"), hf.get("num_attention_heads")
+    if _is_default_head_dim(head_dim, hidden_size, n_heads):
+        head_dim = None
     fields = {
         "vocab_size": hf.get("vocab_size"),
         "dim": hf.get("hidden_size"),
@@ -146,6 +159,7 @@ def config_from_hf(hf: dict[str, Any], source: str = HF_CONFIG_FILE) -> ModelCon
         "use_qk_norm": model_type == "qwen3",
         "tie_embeddings": hf.get("tie_word_embeddings", False),
         "rope_scaling": rope or None,
+        "dim_head": head_dim,
     }
     used = {
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -156,9 +170,6 @@ def config_from_hf(hf: dict[str, Any], source: str = HF_CONFIG_FILE) -> ModelCon
     unsupported += [
         f"{name}={hf[name]!r}" for name, value in REQUIRED_VALUES.items() if hf.get(name, value) != value
     ]
-    if hf.get("head_dim") is not None and fields["dim"] and fields["n_heads"]:
-        if hf["head_dim"] * fields["n_heads"] != fields["dim"]:
-            unsupported.append(f"head_dim={hf['head_dim']!r} (AstrAI needs hidden_size / num_attention_heads)")
     if any(kind != "full_attention" for kind in hf.get("layer_types") or []):
         unsupported.append("layer_types (only full_attention layers are supported)")
     if unsupported:
@@ -172,11 +183,22 @@ def config_from_hf(hf: dict[str, Any], source: str = HF_CONFIG_FILE) -> ModelCon
         raise ValueError(f"{source}: {error}") from None
 
 
+def _is_default_head_dim(head_dim: Any, hidden_size: Any, n_heads: Any) -> bool:
+    """Return whether ``head_dim`` is what ``hidden_size // n_heads`` gives anyway (``None`` counts)."""
+    if head_dim is None:
+        return True
+    values = (head_dim, hidden_size, n_heads)
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+        return False  # ModelConfig reports the invalid value
+    return n_heads > 0 and hidden_size % n_heads == 0 and head_dim == hidden_size // n_heads
+
+
 def config_to_hf(config: ModelConfig, tokenizer: Tokenizer | None = None, dtype: torch.dtype | None = None) -> dict:
     """Translate a ``ModelConfig`` into a Llama (or, with qk-norm, Qwen3) ``config.json`` mapping.
 
     Raises:
-        ValueError: The config uses gated attention, which no Hugging Face architecture has.
+        ValueError: The config uses gated attention, which no Hugging Face architecture has, or it
+            would be exported as Llama with ``dim`` not divisible by ``n_heads``.
     """
     if config.use_gated_attention:
         raise ValueError(
@@ -184,6 +206,13 @@ def config_to_hf(config: ModelConfig, tokenizer: Tokenizer | None = None, dtype:
             "attention output gate, so the exported model would compute something else"
         )
     model_type = "qwen3" if config.use_qk_norm else "llama"
+    if model_type == "llama" and config.dim % config.n_heads:
+        # transformers 5.25's LlamaConfig checks this even when head_dim is set, but Qwen3Config does not.
+        raise ValueError(
+            f"cannot export a model with dim={config.dim} and n_heads={config.n_heads} as llama: "
+            "transformers' LlamaConfig rejects a hidden_size that is not divisible by num_attention_heads, "
+            "even with head_dim set, so the folder would not load; choose n_heads among the divisors of dim"
+        )
     hf: dict[str, Any] = {
         "architectures": [ARCHITECTURES[model_type]],
         "model_type": model_type,
@@ -305,7 +334,8 @@ def export_hf_checkpoint(
         ``path``.
 
     Raises:
-        ValueError: The model uses gated attention, or ``shard_size`` is not positive.
+        ValueError: The model uses gated attention, is a Llama-type model (no ``use_qk_norm``)
+            whose ``dim`` is not divisible by ``n_heads``, or ``shard_size`` is not positive.
     """
     if isinstance(source, Checkpoint):
         model, tokenizer = source.model, tokenizer or source.tokenizer
@@ -314,7 +344,7 @@ def export_hf_checkpoint(
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:
         raise ValueError(f"shard_size must be a positive number of bytes, got {shard_size!r}")
     dtype = model.embed_tokens.weight.dtype
-    hf_config = config_to_hf(model.config, tokenizer, dtype)  # refuses gated attention first
+    hf_config = config_to_hf(model.config, tokenizer, dtype)  # rejects unexportable configs before writing
     state = {to_hf_name(name): tensor for name, tensor in model_state_dict(model).items()}
 
     path = Path(path)
