@@ -9,9 +9,9 @@ Rows (greedy decoding, fixed token counts, no stop tokens):
 - decode tokens/s at batch 1 and batch 8: new tokens after the first, over the time they took
   (time for N tokens minus the time for 1, so the prefill cancels out);
 - prefill tokens/s: prompt tokens over the time to the first new token;
-- with ``--bandwidth``, the ``1b`` preset in bf16 at batch 1 against the memory-bandwidth bound:
-  a token needs every weight once, so tokens/s cannot exceed bandwidth / weight bytes. The
-  bandwidth is measured here by summing a buffer much larger than the caches.
+- with ``--bandwidth``, the ``1b`` preset in bf16 at batch 1 against the memory-bandwidth bound,
+  for both libraries: a token needs every weight once, so tokens/s cannot exceed bandwidth /
+  weight bytes. The bandwidth is measured here by summing a buffer much larger than the caches.
 
     OMP_WAIT_POLICY=PASSIVE python tools/bench/decode_speed.py [--bandwidth]
 """
@@ -175,15 +175,13 @@ def bandwidth_row(folder: Path, args) -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = measure_bandwidth()
     bound = bandwidth / weight_bytes
+    theirs = load_hf(model, folder / "1b-bf16", torch.bfloat16)
     ours = Generator(model, IdTokenizer(model.config.vocab_size))
-    prompts = torch.randint(4, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(3))
-    config = GenerationConfig(temperature=0, max_new_tokens=args.new_tokens // 4)
-    one = best_time(lambda: ours.complete_batch(prompts.tolist(), config.replace(max_new_tokens=1)), 2)
-    many = best_time(lambda: ours.complete_batch(prompts.tolist(), config), 2)
-    rate = (config.max_new_tokens - 1) / (many - one)
+    ours_rate, theirs_rate = decode_rate(ours, theirs, 1, 16, args.new_tokens // 4, 2, model.config.vocab_size)
     print(
         f"1b bf16 decode batch 1 | weights {weight_bytes / 1e9:.2f} GB | bandwidth {bandwidth / 1e9:.1f} GB/s "
-        f"| bound {bound:.2f} tok/s | astrai {rate:.2f} tok/s | {rate / bound:.0%} of bound",
+        f"| bound {bound:.2f} tok/s | astrai {ours_rate:.2f} tok/s, {ours_rate / bound:.0%} of bound "
+        f"| transformers {theirs_rate:.2f} tok/s, {theirs_rate / bound:.0%} of bound",
         flush=True,
     )
 

@@ -5,7 +5,9 @@ import torch
 
 from astrai_core import ModelConfig, Transformer
 from astrai_infer import GenerationConfig, Generator
-from astrai_infer._fast_forward import FastForward
+from astrai_infer import _fast_forward as fast_forward
+from astrai_infer._fast_forward import FastForward, can_pack
+from astrai_infer._threads import one_thread
 
 VARIANTS = {
     "gqa": {},
@@ -13,6 +15,7 @@ VARIANTS = {
     "gated": {"use_gated_attention": True},
     "mqa-tied": {"n_kv_heads": 1, "tie_embeddings": True},
     "yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}},
+    "wide-heads": {"dim_head": 24, "use_qk_norm": True},  # H * D = 96 != dim = 64, as in Qwen3-0.6B
 }
 
 
@@ -53,7 +56,10 @@ def test_left_padded_prefill_matches_the_unpadded_model():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("settings", [{"fast": False}, {"fast": True, "fuse": False}, {"fast": True, "fuse": True}])
+@pytest.mark.parametrize(
+    "settings",
+    [{"fast": False}, {"fast": True, "fuse": False}, {"fast": True, "fuse": True}, {"fast": True, "pack": False}],
+)
 def test_every_generator_path_gives_the_same_greedy_tokens(tokenizer, dtype, settings):
     model = make_model(dtype, vocab_size=tokenizer.vocab_size, n_layers=3)
     reference = Generator(model, tokenizer, fast=False)
@@ -67,3 +73,61 @@ def test_every_generator_path_gives_the_same_greedy_tokens(tokenizer, dtype, set
 
 def test_generator_uses_fast_forward_by_default(generator):
     assert isinstance(generator._forward, FastForward) and generator._forward.fused
+
+
+needs_bf16_packing = pytest.mark.skipif(
+    not can_pack(make_model(torch.bfloat16)), reason="this CPU has no oneDNN bf16 support"
+)
+
+
+@pytest.mark.parametrize(
+    "dtype, tolerance",
+    # bf16 keeps 8 bits of mantissa, and packed and plain products may differ in the last one.
+    [(torch.float32, 1e-5), pytest.param(torch.bfloat16, 0.05, marks=needs_bf16_packing)],
+)
+@pytest.mark.parametrize("variant", ["gqa", "qk-norm", "gated", "wide-heads"])
+def test_packed_weights_match_the_model(variant, dtype, tolerance, monkeypatch):
+    # Send every float32 product of this small model to the packed layout too.
+    monkeypatch.setattr(fast_forward, "PACKED_MIN_WORK", 0)
+    monkeypatch.setattr(fast_forward, "PACKED_MIN_ROWS", 2)
+    model = make_model(dtype, **VARIANTS[variant])
+    packed, plain = FastForward(model), FastForward(model, pack=False)
+    assert packed.packed and not plain.packed
+    tokens = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(3))
+    positions = torch.arange(12).expand(2, 12)
+    with torch.inference_mode():
+        expected = model(tokens)["logits"].float()
+        outputs = []
+        for fast in (packed, plain):
+            cache = model.make_kv_cache(2)
+            # A multi-row prefill, two-row decoding steps, then one row alone.
+            pieces = [fast(tokens[:, :8], positions[:, :8], None, cache, logits_to_keep=8)]
+            pieces += [fast(tokens[:, t : t + 1], positions[:, t : t + 1], None, cache) for t in range(8, 11)]
+            cache.select(torch.tensor([1]))
+            last = fast(tokens[1:, 11:], positions[1:, 11:], None, cache)
+            outputs.append((torch.cat(pieces, dim=1).float(), last.float()))
+    for steps, last in outputs:
+        torch.testing.assert_close(steps, expected[:, :11], atol=tolerance, rtol=tolerance)
+        torch.testing.assert_close(last, expected[1:, 11:], atol=tolerance, rtol=tolerance)
+
+
+def test_pack_true_is_rejected_where_packing_is_impossible():
+    with pytest.raises(ValueError, match="pack=True needs a float32 or bf16 model"):
+        FastForward(make_model(torch.float16), pack=True)
+    assert not FastForward(make_model(torch.float16)).packed  # the default only packs where it can
+    assert FastForward(make_model(torch.float32)).packed
+
+
+def test_one_thread_restores_thread_count():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            with one_thread():
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        with one_thread(enabled=False):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

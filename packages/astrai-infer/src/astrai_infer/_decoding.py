@@ -35,6 +35,7 @@ import torch
 
 from astrai_core import KVCache, Transformer
 
+from ._threads import SMALL_WORK, one_thread
 from .config import GenerationConfig
 from .sampling import apply_penalties, sample_next_token
 
@@ -155,7 +156,8 @@ def decode_tokens(
     logits = forward(input_ids, position_ids, attention_mask, kv_cache)[:, -1, :vocab_size]  # (B, V)
 
     for step in itertools.count(1):
-        tokens, logprobs, top_logprobs = sampler.pick(logits)  # (B,)
+        with one_thread(logits.device.type == "cpu" and logits.numel() <= SMALL_WORK):
+            tokens, logprobs, top_logprobs = sampler.pick(logits)  # (B,)
         continuing = []  # batch indices of the rows that go on to the next step
         for index, (row, token_id) in enumerate(zip(rows, tokens.tolist())):
             if token_id in stop_ids:
