@@ -20,7 +20,9 @@ fewer of both:
   plain ones too. Measured with ``tools/bench/gemm_layouts.py`` on the project's Xeon (AVX-512
   BF16, AMX): a pass over the ~50M preset's matrices took 1.3-1.6x less time packed in bf16,
   1.3x less in float32 at 8 and 256 rows, and 0.8-0.9x less at 1 and 2 rows.
-- Attention of a decoding step, when small, runs on one thread (see ``_threads``).
+- Small work runs on one thread (see ``_threads``): attention when it is small, and the
+  elementwise operations of a prefill whose activations are narrow. Matrix products and larger
+  attention keep every thread.
 
 The arithmetic is the model's own: the same RMSNorm in float32, RoPE tables, grouped-query SDPA
 and SwiGLU, so logits agree with ``Transformer.forward`` to float rounding (fusing only changes
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 
 from astrai_core import KVCache, Transformer
 
-from ._threads import SMALL_WORK, one_thread
+from ._threads import SMALL_ACTIVATIONS, SMALL_WORK, intra_op_threads, one_thread
 
 
 def can_pack(model: Transformer) -> bool:
@@ -184,27 +186,39 @@ class FastForward:
         mask = self._mask(B, T, start, attention_mask, input_ids.device)
         is_causal = mask is None and T > 1  # only an empty cache without padding gets here with T > 1
 
-        x = F.embedding(input_ids, model.embed_tokens.weight)  # (B, T, C)
-        for index, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.attention_norm, self.eps)
-            x = x + self._attention(index, layer, h, cos, sin, mask, is_causal, kv_cache)
-            h = _rms_norm(x, layer.ffn_norm, self.eps)
-            if len(layer.gate_up) == 1:
-                gate, up = _linear(h, layer.gate_up[0]).chunk(2, dim=-1)  # 2 x (B, T, F)
-            else:
-                gate, up = _linear(h, layer.gate_up[0]), _linear(h, layer.gate_up[1])
-            x = x + _linear(F.silu(gate) * up, layer.down_proj)
-        kv_cache.length += T
-        x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
-        return _linear(_rms_norm(x, model.norm.weight, self.eps), self.lm_head)  # (B, logits_to_keep, V)
+        self.threads = torch.get_num_threads()  # what matrix products and large attention get
+        # Elementwise operations split across threads from 32768 elements (ATen's grain size), so
+        # one thread helps only when some of them are that large and none is much larger.
+        rows, widest = B * T, 2 * self.config.dim_ffn
+        narrow = self.on_cpu and rows * widest > 32768 and rows * self.config.dim <= SMALL_ACTIVATIONS
+        with one_thread(narrow):
+            x = F.embedding(input_ids, model.embed_tokens.weight)  # (B, T, C)
+            for index, layer in enumerate(self.layers):
+                h = _rms_norm(x, layer.attention_norm, self.eps)
+                x = x + self._attention(index, layer, h, cos, sin, mask, is_causal, kv_cache)
+                h = _rms_norm(x, layer.ffn_norm, self.eps)
+                if len(layer.gate_up) == 1:
+                    gate, up = self._linear(h, layer.gate_up[0]).chunk(2, dim=-1)  # 2 x (B, T, F)
+                else:
+                    gate, up = self._linear(h, layer.gate_up[0]), self._linear(h, layer.gate_up[1])
+                x = x + self._linear(F.silu(gate) * up, layer.down_proj)
+            kv_cache.length += T
+            x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
+            return self._linear(_rms_norm(x, model.norm.weight, self.eps), self.lm_head)  # (B, logits_to_keep, V)
+
+    def _linear(self, x: torch.Tensor, matrix: _Matrix) -> torch.Tensor:
+        if torch.get_num_threads() == self.threads:
+            return _linear(x, matrix)
+        with intra_op_threads(self.threads):
+            return _linear(x, matrix)
 
     def _attention(self, index, layer, x, cos, sin, mask, is_causal, kv_cache) -> torch.Tensor:
         B, T, C = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         if len(layer.qkv) == 1:
-            qkv = _linear(x, layer.qkv[0])
+            qkv = self._linear(x, layer.qkv[0])
         else:
-            qkv = torch.cat([_linear(x, weight) for weight in layer.qkv], dim=-1)
+            qkv = torch.cat([self._linear(x, weight) for weight in layer.qkv], dim=-1)
         qkv = qkv.view(B, T, H + 2 * K, D)
         # Queries and keys go through qk-norm and RoPE together: half the kernel launches.
         qk, v = qkv[:, :, : H + K], qkv[:, :, H + K :]
@@ -214,12 +228,12 @@ class FastForward:
         k, v = kv_cache.update(index, qk[:, H:], v.transpose(1, 2))  # (B, K, S, D)
         q = qk[:, :H]
         small = self.on_cpu and B * H * T * k.shape[2] * D <= SMALL_WORK
-        with one_thread(small):
+        with intra_op_threads(1 if small else self.threads):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=H != K)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
         if layer.gate is not None:
-            y = y * torch.sigmoid(_linear(x, layer.gate))
-        return _linear(y, layer.o_proj)
+            y = y * torch.sigmoid(self._linear(x, layer.gate))
+        return self._linear(y, layer.o_proj)
 
     @staticmethod
     def _mask(B, T, start, attention_mask, device) -> torch.Tensor | None:
