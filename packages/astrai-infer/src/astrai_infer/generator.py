@@ -111,9 +111,10 @@ class Generator:
             It reads the weights now, so build a new Generator after changing them.
         fuse: With ``fast``, concatenate each layer's q/k/v and gate/up weights into one matrix
             each (fewer, larger matrix products; costs those weights' memory again).
-        pack: With ``fast``, prepack the weight matrices for oneDNN's bf16 matrix products on CPU
-            (faster; costs the weights' memory again). ``None`` packs bf16 models on CPUs that
-            support it; ``True`` raises ``ValueError`` elsewhere.
+        pack: With ``fast``, also store the weight matrices in oneDNN's packed layout on CPU, for
+            faster bf16 products and faster float32 prefill and batched decoding (costs the
+            weights' memory again). ``None`` packs where it can; ``True`` raises ``ValueError``
+            where it cannot (GPUs, float16).
 
     Raises:
         ValueError: The tokenizer has more ids than the model's vocabulary.
