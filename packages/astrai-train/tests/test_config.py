@@ -17,6 +17,7 @@ def base(**overrides):
         ({"max_steps": -1}, "max_steps"),
         ({"dtype": "float16"}, "dtype"),
         ({"device": "tpu"}, "device"),
+        ({"data_parallel": "zero3"}, "data_parallel"),
         ({"optimizer": {"lr": 0}}, "optimizer.lr"),
         ({"optimizer": {"learning_rate": 1e-3}}, "learning_rate"),
         ({"schedule": {"name": "linear"}}, "schedule.name"),

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from astrai_core import save_checkpoint
-
 from .context import STEP_DIR
 from .plot import write_loss_plot
 
@@ -44,7 +42,13 @@ class TrainCallback:
 
 
 class CheckpointCallback(TrainCallback):
-    """Saves ``step-N/`` every ``ckpt_interval`` steps (keeping the newest few) and ``final/`` at the end."""
+    """Saves ``step-N/`` every ``ckpt_interval`` steps (keeping the newest few) and ``final/`` at the end.
+
+    It runs on every rank, because saving a sharded (FSDP) model gathers it from all ranks. The
+    trainer's save methods write on rank 0 only.
+    """
+
+    main_process_only = False
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         interval = trainer.config.ckpt_interval
@@ -54,13 +58,9 @@ class CheckpointCallback(TrainCallback):
 
     def on_train_end(self, trainer: Trainer) -> None:
         trainer.save_checkpoint()
-        path = save_checkpoint(
-            Path(trainer.config.out_dir) / "final",
-            trainer.context.model,
-            trainer.context.tokenizer,
-            metadata={"step": trainer.context.step},
-        )
-        logger.info("saved the final model to %s", path)
+        path = trainer.save_model(Path(trainer.config.out_dir) / "final")
+        if trainer.context.distributed.is_main:
+            logger.info("saved the final model to %s", path)
 
 
 def prune_checkpoints(out_dir: Path, keep: int) -> None:

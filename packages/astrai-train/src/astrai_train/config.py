@@ -23,6 +23,7 @@ from astrai_core import PRESETS, ModelConfig
 SCHEDULES = ("cosine", "constant", "wsd")
 DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
+DATA_PARALLEL_MODES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -99,6 +100,12 @@ class TrainConfig:
         nprocs: Data-parallel processes started by ``astrai-train run`` (ignored under
             ``torchrun``, which starts its own). ``batch_size`` is per process, so the global
             batch is ``batch_size x accumulation_steps x nprocs``.
+        data_parallel: How a multi-process run shares the model. ``"ddp"``: every process keeps
+            a full copy of the weights, gradients and optimizer state (``DistributedDataParallel``).
+            ``"fsdp"``: they are sharded across the processes with FSDP2
+            (``torch.distributed.fsdp.fully_shard``), one unit per Transformer block plus the
+            root. Checkpoints are the same either way. Has no effect in a 1-process run. The
+            ``dpo`` and ``grpo`` strategies support only ``"ddp"``.
     """
 
     dataset: str
@@ -128,6 +135,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     nprocs: int = 1
+    data_parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         if isinstance(self.optimizer, dict):
@@ -145,6 +153,12 @@ class TrainConfig:
         _require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {list(DTYPES)}")
         _require(
             self.on_nonfinite in NONFINITE_POLICIES, "on_nonfinite", self.on_nonfinite, f"one of {list(NONFINITE_POLICIES)}"
+        )
+        _require(
+            self.data_parallel in DATA_PARALLEL_MODES,
+            "data_parallel",
+            self.data_parallel,
+            f"one of {list(DATA_PARALLEL_MODES)}",
         )
         for name in ("gradient_checkpointing", "compile"):
             _require(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")

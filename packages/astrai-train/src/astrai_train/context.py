@@ -14,6 +14,7 @@ rest:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from .config import TrainConfig
 from .distributed import DistributedState, init_distributed
+from .fsdp import check_fsdp_available, load_model_state, load_optimizer_state, shard_model
 from .schedule import build_scheduler
 from .state import is_training_checkpoint, read_training_state
 from .strategy import BaseStrategy, StrategyFactory
@@ -38,6 +40,14 @@ logger = logging.getLogger(__name__)
 TrainingData = PackedDataset | PreferenceDataset | PromptDataset
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+
+# torch 2.13 deprecates DDP's broadcast_buffers, with a warning, in favour of forward_sync_buffers,
+# which older versions lack.
+_DDP_BUFFER_SYNC_OPTION = (
+    "forward_sync_buffers"
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else "broadcast_buffers"
+)
 
 
 @dataclass
@@ -59,6 +69,7 @@ class TrainContext:
     resumed_from: Path | None = None
     distributed: DistributedState = DistributedState()
     parallel_model: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, if any
+    fully_sharded: bool = False  # True when FSDP shards the model over the ranks (data_parallel="fsdp")
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -106,13 +117,25 @@ class TrainContextBuilder:
                 f"device is {config.device!r} but this PyTorch build has no CUDA device available; "
                 "set device to 'cpu' or install a CUDA build of torch"
             )
+        if config.data_parallel == "fsdp":
+            check_fsdp_available()
+        if config.data_parallel == "fsdp" and not StrategyFactory.get(config.strategy).supports_fsdp:
+            raise ValueError(
+                f"strategy {config.strategy!r} does not support data_parallel='fsdp', because its frozen "
+                "reference model is a copy of the policy and FSDP-sharded modules cannot be copied; "
+                "set data_parallel to 'ddp'"
+            )
         self.distributed = init_distributed(self.device)
+        self.fully_sharded = config.data_parallel == "fsdp" and self.distributed.enabled
+        # Under FSDP the weights stay on the CPU until sharding moves each rank's shard to the device.
+        self.weights_device = torch.device("cpu") if self.fully_sharded else self.device
         self.tokenizer: Tokenizer | None = None
         self.model: Transformer | None = None
         self.dataset: TrainingData | None = None
         self.val_dataset: TrainingData | None = None
         self.sampler: ShuffledSampler | None = None
         self.parallel_model: torch.nn.Module | None = None
+        self._sharded = False
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.strategy: BaseStrategy | None = None
@@ -140,7 +163,7 @@ class TrainContextBuilder:
         if model is None:
             torch.manual_seed(self.config.seed)
             if self.config.init_from:
-                model = load_checkpoint(self.config.init_from, device=self.device).model
+                model = load_checkpoint(self.config.init_from, device=self.weights_device).model
                 logger.info("starting from the weights in %s", self.config.init_from)
             else:
                 model = Transformer(self.config.model_config(vocab_size=self.tokenizer.vocab_size))
@@ -149,8 +172,14 @@ class TrainContextBuilder:
                 f"the model has vocab_size={model.config.vocab_size} but the tokenizer has "
                 f"{self.tokenizer.vocab_size} tokens; use the tokenizer the model was trained with"
             )
-        self.model = model.to(self.device).train()
+        self.model = model.to(self.weights_device).train()
         return self
+
+    def _shard_model(self) -> None:
+        """Shard the model with FSDP, once, before the optimizer is given its parameters."""
+        if self.fully_sharded and not self._sharded:
+            shard_model(self.model, self.device, self.distributed.world_size, self.config.dtype)
+            self._sharded = True
 
     def with_dataloader(self) -> TrainContextBuilder:
         if self.tokenizer is None:
@@ -183,6 +212,7 @@ class TrainContextBuilder:
     def with_optimizer(self) -> TrainContextBuilder:
         if self.model is None:
             self.with_model()
+        self._shard_model()
         opt = self.config.optimizer
         # Weight decay applies to matrices only; norms' gains are left alone, as in GPT-2 and Llama.
         decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -199,13 +229,18 @@ class TrainContextBuilder:
         if self.model is None:
             self.with_model()
         self.model.gradient_checkpointing = self.config.gradient_checkpointing
+        self._shard_model()
         # The strategy runs the wrapped module (DDP, then torch.compile), while checkpoints read the
         # plain one, whose parameter names have no "module." or "_orig_mod." prefix. They share the
-        # same parameters.
+        # same parameters. FSDP shards the plain module in place and adds no wrapper.
         model = self.model
-        if self.distributed.enabled:
+        if self.distributed.enabled and not self.fully_sharded:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = self.parallel_model = DistributedDataParallel(model, device_ids=device_ids)
+            # The only buffers are the RoPE tables, which every rank computes alike. Broadcasting them
+            # would make each forward pass a collective, so rank 0 evaluating alone would hang.
+            model = self.parallel_model = DistributedDataParallel(
+                model, device_ids=device_ids, **{_DDP_BUFFER_SYNC_OPTION: False}
+            )
         if self.config.compile:
             model = torch.compile(model)
         self.strategy = StrategyFactory.create(
@@ -220,10 +255,15 @@ class TrainContextBuilder:
         if path is None:
             return self
         self._build_missing_parts()
-        checkpoint = load_checkpoint(path, device=self.device)
+        checkpoint = load_checkpoint(path, device=self.weights_device)
         _check_resumable(checkpoint, self.model, self.tokenizer, path)
-        self.model.load_state_dict(checkpoint.model.state_dict())
-        progress = read_training_state(path, self.optimizer, self.scheduler)
+        optimizer_state, progress = read_training_state(path, self.scheduler)
+        if self.fully_sharded:
+            load_model_state(self.model, checkpoint.model.state_dict())
+            load_optimizer_state(self.model, self.optimizer, optimizer_state)
+        else:
+            self.model.load_state_dict(checkpoint.model.state_dict())
+            self.optimizer.load_state_dict(optimizer_state)
         self.step = progress["step"]
         self.sampler.consumed = progress["consumed_samples"]
         self.resume_from = path
@@ -271,4 +311,5 @@ class TrainContextBuilder:
             resumed_from=self.resume_from,
             distributed=self.distributed,
             parallel_model=self.parallel_model,
+            fully_sharded=self.fully_sharded,
         )

@@ -6,10 +6,10 @@ Design choices:
   for ``nprocs`` local processes. Either way each process then calls ``init_distributed`` and runs
   the same training code.
 - The backend follows the device: NCCL for CUDA, gloo for CPU.
-- Every rank keeps a full model replica wrapped in ``DistributedDataParallel`` and reads its own
-  shard of each global batch; gradients are averaged across ranks during the backward pass.
-  FSDP would shard the parameters as well, which pays off only when a replica does not fit on one
-  device, so it is not used here.
+- Every rank reads its own shard of each global batch, and gradients are averaged across ranks
+  during the backward pass. With ``data_parallel="ddp"`` each rank keeps a full model replica
+  wrapped in ``DistributedDataParallel``; with ``"fsdp"`` the weights, gradients and optimizer
+  state are sharded across the ranks (see ``fsdp.py``).
 - Only rank 0 writes logs and checkpoints; every rank loads checkpoints to resume.
 """
 
@@ -87,6 +87,12 @@ def any_rank(flag: bool, state: DistributedState, device: torch.device) -> bool:
     tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
+
+
+def barrier(state: DistributedState, device: torch.device) -> None:
+    """Wait until every rank reaches this call (returns at once in a 1-process run)."""
+    if state.enabled:
+        dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _free_port() -> int:

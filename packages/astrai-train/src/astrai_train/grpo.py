@@ -53,6 +53,9 @@ class GRPOStrategy(BaseStrategy):
     """
 
     data_kinds = ("prompt",)
+    # The reference model is a deep copy of the policy, and FSDP-sharded modules cannot be copied.
+    # Rollouts would also run a different number of forward passes on each rank.
+    supports_fsdp = False
 
     def __init__(
         self,

@@ -21,12 +21,15 @@ STATE_FILE = "trainer_state.json"
 
 
 def write_training_state(
-    directory: Path, optimizer: torch.optim.Optimizer, scheduler, progress: dict[str, Any]
+    directory: Path, optimizer_state: dict[str, Any], scheduler, progress: dict[str, Any]
 ) -> None:
-    """Write the optimizer and progress files into ``directory``."""
-    state = optimizer.state_dict()
+    """Write the optimizer and progress files into ``directory``.
+
+    ``optimizer_state`` is in the form ``Optimizer.state_dict()`` returns, with full (unsharded)
+    tensors.
+    """
     tensors: dict[str, torch.Tensor] = {}
-    for param_index, param_state in state["state"].items():
+    for param_index, param_state in optimizer_state["state"].items():
         for name, value in param_state.items():
             tensor = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"state.{param_index}.{name}"] = tensor.detach().cpu().contiguous()
@@ -34,14 +37,18 @@ def write_training_state(
     save_file(tensors, directory / OPTIMIZER_FILE)
     payload = {
         **progress,
-        "param_groups": state["param_groups"],
+        "param_groups": optimizer_state["param_groups"],
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
     (directory / STATE_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
-def read_training_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler) -> dict[str, Any]:
-    """Restore the optimizer, scheduler and RNG from ``directory`` and return the progress fields."""
+def read_training_state(directory: Path, scheduler) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore the scheduler and the CPU RNG from ``directory``.
+
+    Returns the optimizer state, in the form ``Optimizer.state_dict()`` returns, and the progress
+    fields.
+    """
     payload = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     tensors = load_file(directory / OPTIMIZER_FILE)
     torch.set_rng_state(tensors.pop("rng.cpu"))
@@ -49,11 +56,11 @@ def read_training_state(directory: Path, optimizer: torch.optim.Optimizer, sched
     for key, tensor in tensors.items():
         _, param_index, name = key.split(".", 2)
         param_state.setdefault(int(param_index), {})[name] = tensor
-    optimizer.load_state_dict({"state": param_state, "param_groups": payload.pop("param_groups")})
+    optimizer_state = {"state": param_state, "param_groups": payload.pop("param_groups")}
     scheduler_state = payload.pop("scheduler")
     if scheduler is not None and scheduler_state is not None:
         scheduler.load_state_dict(scheduler_state)
-    return payload
+    return optimizer_state, payload
 
 
 def is_training_checkpoint(directory: Path) -> bool:

@@ -47,9 +47,14 @@ class BaseStrategy:
         data_kinds: Record kinds of packed files (``astrai-data pack``) this strategy trains on.
         model: The module to run; in a multi-process or compiled run, the wrapped module.
         tokenizer: The run's tokenizer, for strategies that generate or decode text.
+        supports_fsdp: Whether the strategy can train a model sharded with FSDP
+            (``data_parallel="fsdp"``). A strategy cannot if it copies the model, because FSDP-sharded
+            modules raise an error in ``copy.deepcopy``, or if the ranks may run different numbers
+            of forward passes, because each forward pass all-gathers weights from every rank.
     """
 
     data_kinds: tuple[str, ...] = ("text", "chat")
+    supports_fsdp: bool = True
 
     def __init__(
         self, model: nn.Module, device: torch.device | str = "cpu", tokenizer: Tokenizer | None = None, **options
