@@ -18,8 +18,8 @@ fewer of both:
   decoding of a larger model), where it won, and PyTorch's own kernel below that, where it lost.
   The packed matrices are copies and cost the model's weight memory again; float32 keeps the
   plain ones too. Measured with ``tools/bench/gemm_layouts.py`` on the project's Xeon (AVX-512
-  BF16, AMX): a pass over the ~50M preset's matrices took 1.3-1.6x less time packed in bf16,
-  1.3x less in float32 at 8 and 256 rows, and 0.8-0.9x less at 1 and 2 rows.
+  BF16, AMX), two runs: a pass over the ~50M preset's matrices ran 1.2-1.6x faster packed in
+  bf16, 1.1-1.4x faster in float32 at 8 and 256 rows, and 0.7-0.9x as fast at 1 and 2 rows.
 - Small work runs on one thread (see ``_threads``): attention when it is small, and the
   elementwise operations of a prefill whose activations are narrow. Matrix products and larger
   attention keep every thread.
