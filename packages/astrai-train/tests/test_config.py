@@ -78,3 +78,11 @@ def test_model_config_overrides_vocab():
 def test_wrong_types_are_named(overrides, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig.from_dict(base(**overrides))
+
+
+def test_model_without_preset_needs_no_vocab_size(tmp_path):
+    model = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "dim_ffn": 176, "max_len": 64}
+    config = TrainConfig(dataset="x.arrow", out_dir=str(tmp_path), model=model)
+    assert config.model_config(vocab_size=500).vocab_size == 500
+    with pytest.raises(ValueError, match="dim_ffn"):
+        TrainConfig(dataset="x.arrow", out_dir=str(tmp_path), model={**model, "dim_ffn": 0})

@@ -1,5 +1,7 @@
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,8 +86,28 @@ def test_resume_continues_with_same_losses(workspace, tmp_path, tiny_config):
 def test_no_resume_starts_fresh(workspace, tmp_path, tiny_config):
     config = tiny_config(workspace, tmp_path, max_steps=2)
     run(config)
+    for path in Path(config.out_dir).glob("step-*"):
+        shutil.rmtree(path)  # keep final/, which a fresh run overwrites
     again = run(config, resume=False)
     assert len(again.losses) == 2
+
+
+def test_no_resume_rejects_folder_with_checkpoints(workspace, tmp_path, tiny_config):
+    from astrai_train.cli import main
+
+    config = tiny_config(workspace, tmp_path, max_steps=4, ckpt_interval=2)
+    run(config)
+    before = sorted(path.name for path in (tmp_path / "run").iterdir())
+    with pytest.raises(ValueError, match="already has checkpoints \\(step-2, step-4\\)"):
+        TrainContextBuilder(config, resume=False)
+
+    path = tmp_path / "run.json"
+    config.save(path)
+    result = CliRunner().invoke(main, ["run", str(path), "--no-resume"])
+    assert result.exit_code == 1
+    assert "choose another out_dir (--out-dir)" in result.output
+    assert str(path) in result.output
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == before
 
 
 def test_keep_checkpoints_removes_old(workspace, tmp_path, tiny_config):

@@ -11,7 +11,7 @@ import click
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from .config import TrainConfig
-from .context import TrainContextBuilder
+from .context import TrainContextBuilder, check_data_parallel, check_no_checkpoints
 from .distributed import launched_by_torchrun, spawn_parallel_fn
 from .interrupt import TrainingInterrupted
 from .strategy import StrategyFactory
@@ -32,7 +32,8 @@ def main() -> None:
     "--resume/--no-resume",
     default=True,
     show_default=True,
-    help="Continue from the newest step-N checkpoint in out_dir, if there is one.",
+    help="Continue from the newest step-N checkpoint in out_dir, if there is one. "
+    "--no-resume starts over, and rejects an out_dir that already has step-N checkpoints.",
 )
 def run(config_path: Path, max_steps: int | None, out_dir: Path | None, resume: bool) -> None:
     """Train with the settings in CONFIG_PATH (a TrainConfig as JSON).
@@ -49,6 +50,12 @@ def run(config_path: Path, max_steps: int | None, out_dir: Path | None, resume: 
         config.max_steps = max_steps
     if out_dir is not None:
         config.out_dir = str(out_dir)
+    try:
+        check_data_parallel(config, processes=config.nprocs)
+        if not resume:
+            check_no_checkpoints(config.out_dir)
+    except ValueError as error:
+        raise click.ClickException(f"{config_path}: {error}") from None
 
     if config.nprocs > 1 and not launched_by_torchrun():
         _run_spawned(config, resume)

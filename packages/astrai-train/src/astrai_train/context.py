@@ -72,6 +72,37 @@ class TrainContext:
     fully_sharded: bool = False  # True when FSDP shards the model over the ranks (data_parallel="fsdp")
 
 
+def check_data_parallel(config: TrainConfig, processes: int) -> None:
+    """Raise ``ValueError`` if ``data_parallel="fsdp"`` cannot run ``config`` over ``processes`` processes.
+
+    One process ignores ``data_parallel``, so only runs with several are checked.
+    """
+    if config.data_parallel != "fsdp" or processes <= 1:
+        return
+    check_fsdp_available()
+    if not StrategyFactory.get(config.strategy).supports_fsdp:
+        raise ValueError(
+            f"strategy {config.strategy!r} does not support data_parallel='fsdp', because its frozen "
+            "reference model is a copy of the policy and FSDP-sharded modules cannot be copied; "
+            "set data_parallel to 'ddp'"
+        )
+
+
+def check_no_checkpoints(out_dir: str | Path) -> None:
+    """Raise ``ValueError`` if ``out_dir`` has ``step-N`` checkpoints, for a run that must start fresh.
+
+    A fresh run there would prune its own new checkpoints whenever the old ones have higher step
+    numbers, and a later resume would then continue the old run.
+    """
+    steps = sorted(path.name for path in Path(out_dir).glob("step-*") if STEP_DIR.match(path.name))
+    if steps:
+        raise ValueError(
+            f"out_dir {out_dir} already has checkpoints ({', '.join(steps[:3])}{', ...' if len(steps) > 3 else ''}) "
+            "and starting fresh there would mix the two runs; choose another out_dir (--out-dir) or "
+            "delete its step-* folders"
+        )
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """Return the ``step-N`` directory with the highest N under ``out_dir``, if any is complete."""
     candidates = []
@@ -106,8 +137,11 @@ class TrainContextBuilder:
     """Builds a ``TrainContext`` from a ``TrainConfig`` step by step."""
 
     def __init__(self, config: TrainConfig, resume: bool = True):
-        """``resume=False`` makes ``build()`` start fresh even if ``out_dir`` has checkpoints."""
+        """``resume=False`` makes ``build()`` start fresh, and raises ``ValueError`` if ``out_dir``
+        already has ``step-N`` checkpoints (a fresh run there would prune them with its own)."""
         self.config = config
+        if not resume:
+            check_no_checkpoints(config.out_dir)
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and self.device.index is None:
             # Each process of a multi-GPU run uses the GPU of its local rank.
@@ -117,15 +151,9 @@ class TrainContextBuilder:
                 f"device is {config.device!r} but this PyTorch build has no CUDA device available; "
                 "set device to 'cpu' or install a CUDA build of torch"
             )
-        if config.data_parallel == "fsdp":
-            check_fsdp_available()
-        if config.data_parallel == "fsdp" and not StrategyFactory.get(config.strategy).supports_fsdp:
-            raise ValueError(
-                f"strategy {config.strategy!r} does not support data_parallel='fsdp', because its frozen "
-                "reference model is a copy of the policy and FSDP-sharded modules cannot be copied; "
-                "set data_parallel to 'ddp'"
-            )
+        check_data_parallel(config, processes=config.nprocs)
         self.distributed = init_distributed(self.device)
+        check_data_parallel(config, processes=self.distributed.world_size)  # torchrun sets the count
         self.fully_sharded = config.data_parallel == "fsdp" and self.distributed.enabled
         # Under FSDP the weights stay on the CPU until sharding moves each rank's shard to the device.
         self.weights_device = torch.device("cpu") if self.fully_sharded else self.device
