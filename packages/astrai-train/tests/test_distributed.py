@@ -1,6 +1,7 @@
 """Data-parallel training, DDP and FSDP, on CPU with the gloo backend, started by our spawn helper and by torchrun."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import torch
 from astrai_core import load_checkpoint
 from astrai_train import TrainContextBuilder
+from astrai_train.distributed import cpu_threads_per_process
 from safetensors.torch import load_file
 
 
@@ -70,13 +72,17 @@ def assert_same_run(a, b):
         torch.testing.assert_close(first[name], second[name], atol=1e-5, rtol=1e-4)
 
 
-def test_two_processes_match_one(workspace, tmp_path, tiny_config, single_process):
+def test_two_processes_match_one(workspace, tmp_path, tiny_config, single_process, monkeypatch):
+    # No num_threads: the processes share the cores out between them.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     config = tiny_config(
-        workspace, tmp_path, batch_size=2, nprocs=2, max_steps=6, log_interval=1, val_dataset=None, num_threads=1,
+        workspace, tmp_path, batch_size=2, nprocs=2, max_steps=6, log_interval=1, val_dataset=None,
         optimizer=OPTIMIZER, max_grad_norm=MAX_GRAD_NORM,
     )
     result = train(config)
     assert "starting 2 training processes" in result.stderr
+    threads = cpu_threads_per_process(2)
+    assert f"each of the 2 training processes uses {threads} CPU threads" in result.stderr
     out_dir = tmp_path / "run"
     assert_same_run(single_process, out_dir)
     # Only rank 0 logs: one record per step.
@@ -226,3 +232,10 @@ def test_cli_rejects_fsdp_dpo_before_starting_processes(workspace, tmp_path, tin
     assert result.exit_code == 1
     assert f"{path}: strategy 'dpo' does not support data_parallel='fsdp'" in result.output
     assert "starting 2 training processes" not in result.output
+
+
+def test_cpu_threads_are_shared_out(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert cpu_threads_per_process(2) == 4
+    assert cpu_threads_per_process(3) == 2
+    assert cpu_threads_per_process(16) == 1

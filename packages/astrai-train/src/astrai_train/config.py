@@ -90,7 +90,9 @@ class TrainConfig:
         seed: Seed for weight initialisation and data order.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         dtype: ``"float32"``, or ``"bfloat16"`` for autocast on supported hardware.
-        num_threads: Torch CPU threads; 0 keeps torch's default.
+        num_threads: Torch CPU threads per process. 0 keeps torch's default in a 1-process run,
+            and in a multi-process CPU run shares the cores out between the processes (unless
+            ``OMP_NUM_THREADS`` is set).
         on_nonfinite: What happens when a step's loss or gradient norm is NaN or infinite:
             ``"stop"`` raises ``FloatingPointError`` naming the step, ``"skip"`` drops that update,
             logs a warning and goes on.

@@ -46,6 +46,18 @@ class DistributedState:
         return self.world_size > 1
 
 
+def cpu_threads_per_process(local_processes: int) -> int:
+    """Return the intra-op threads each of ``local_processes`` CPU training processes should use.
+
+    The machine's cores are shared out, at least one each. Left at torch's default, every
+    process starts a thread per core, and on 2 cores two DDP processes then trained a tiny model
+    4.7x slower than with one thread each. torchrun shares them out the same way by setting
+    ``OMP_NUM_THREADS=1``.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_processes))
+
+
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 

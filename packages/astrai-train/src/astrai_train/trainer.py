@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from .callbacks import CheckpointCallback, MetricLoggerCallback, ProgressCallbac
 from .config import TrainConfig
 from .context import TrainContext, TrainContextBuilder
 from .evaluation import evaluate_by_language, language_groups
-from .distributed import all_reduce_sum, any_rank, barrier
+from .distributed import all_reduce_sum, any_rank, barrier, cpu_threads_per_process
 from .fsdp import gather_model, gather_optimizer_state
 from .interrupt import StopFlag, TrainingInterrupted
 from .state import write_training_state
@@ -54,7 +55,18 @@ class Trainer:
     def _build_context(self) -> TrainContext:
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
+        elif self._shares_cpu_with_other_ranks() and "OMP_NUM_THREADS" not in os.environ:
+            processes = int(os.environ.get("LOCAL_WORLD_SIZE", self.builder.distributed.world_size))
+            torch.set_num_threads(cpu_threads_per_process(processes))
+            logger.info(
+                "each of the %d training processes uses %d CPU threads (set num_threads to change this)",
+                processes,
+                torch.get_num_threads(),
+            )
         return self.builder.build()
+
+    def _shares_cpu_with_other_ranks(self) -> bool:
+        return self.builder.distributed.enabled and self.builder.device.type == "cpu"
 
     def _autocast(self):
         if self.config.dtype == "bfloat16":
