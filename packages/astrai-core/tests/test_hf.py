@@ -120,13 +120,17 @@ def test_export_import_round_trip_is_bit_exact(tmp_path, tokenizer, tie, shard_s
 
     imported = import_hf_checkpoint(tmp_path / "hf")
     assert imported.config == model.config
-    original, restored = model.state_dict(), imported.model.state_dict()
-    assert original.keys() == restored.keys()
-    for name in original:
-        assert torch.equal(original[name], restored[name]), name
+    assert_same_weights(model, imported.model)
     assert imported.tokenizer.encode("测试 test") == tokenizer.encode("测试 test")
     if tie:
         assert imported.model.lm_head.weight.data_ptr() == imported.model.embed_tokens.weight.data_ptr()
+
+
+def assert_same_weights(model, other):
+    original, restored = model.state_dict(), other.state_dict()
+    assert original.keys() == restored.keys()
+    for name in original:
+        assert torch.equal(original[name], restored[name]), name
 
 
 def test_head_dim_round_trip_is_bit_exact(tmp_path):
@@ -135,10 +139,7 @@ def test_head_dim_round_trip_is_bit_exact(tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["head_dim"] == 16
     imported = import_hf_checkpoint(tmp_path / "hf")
     assert imported.config == model.config
-    original, restored = model.state_dict(), imported.model.state_dict()
-    assert original.keys() == restored.keys()
-    for name in original:
-        assert torch.equal(original[name], restored[name]), name
+    assert_same_weights(model, imported.model)
 
 
 # transformers' LlamaConfig requires hidden_size % num_attention_heads == 0 even with head_dim set.
