@@ -177,9 +177,11 @@ def bandwidth_row(folder: Path, args) -> None:
     bound = bandwidth / weight_bytes
     theirs = load_hf(model, folder / "1b-bf16", torch.bfloat16)
     ours = Generator(model, IdTokenizer(model.config.vocab_size))
-    ours_rate, theirs_rate = decode_rate(ours, theirs, 1, 16, args.new_tokens // 4, 2, model.config.vocab_size)
+    vocab = model.config.vocab_size
+    ours_rate, theirs_rate = decode_rate(ours, theirs, 1, 16, args.new_tokens // 4, 2, vocab)
     print(
-        f"1b bf16 decode batch 1 | weights {weight_bytes / 1e9:.2f} GB | bandwidth {bandwidth / 1e9:.1f} GB/s "
+        f"1b bf16 decode batch 1 | weights {weight_bytes / 1e9:.2f} GB "
+        f"| bandwidth {bandwidth / 1e9:.1f} GB/s "
         f"| bound {bound:.2f} tok/s | astrai {ours_rate:.2f} tok/s, {ours_rate / bound:.0%} of bound "
         f"| transformers {theirs_rate:.2f} tok/s, {theirs_rate / bound:.0%} of bound",
         flush=True,

@@ -44,10 +44,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--rows", nargs="*", type=int, default=[1, 2, 8, 256], help="input rows per product")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds; each side's fastest counts")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds; the fastest of each counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__} | threads {torch.get_num_threads()} | OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']}")
+    policy = os.environ["OMP_WAIT_POLICY"]
+    print(f"torch {torch.__version__} | threads {torch.get_num_threads()} | OMP_WAIT_POLICY {policy}")
     print("one pass over a model's matrices: plain ms, packed ms, plain / packed (above 1: packed is faster)")
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
@@ -75,7 +76,8 @@ def main() -> None:
                     packed_times.append(timed(packed_pass))
                 plain, pack = min(plain_times), min(packed_times)
                 print(
-                    f"{dtype_name} {preset:<6} ({len(weights)} matrices, {megabytes:5.0f} MB) rows {rows:>3} | "
+                    f"{dtype_name} {preset:<6} ({len(weights)} matrices, {megabytes:5.0f} MB) "
+                    f"rows {rows:>3} | "
                     f"plain {plain * 1e3:7.2f} ms | packed {pack * 1e3:7.2f} ms | ratio {plain / pack:.2f}",
                     flush=True,
                 )

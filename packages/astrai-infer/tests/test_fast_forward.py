@@ -58,7 +58,12 @@ def test_left_padded_prefill_matches_the_unpadded_model():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "settings",
-    [{"fast": False}, {"fast": True, "fuse": False}, {"fast": True, "fuse": True}, {"fast": True, "pack": False}],
+    [
+        {"fast": False},
+        {"fast": True, "fuse": False},
+        {"fast": True, "fuse": True},
+        {"fast": True, "pack": False},
+    ],
 )
 def test_every_generator_path_gives_the_same_greedy_tokens(tokenizer, dtype, settings, monkeypatch):
     # This model is too small for float32 products to reach the packed layout on their own.

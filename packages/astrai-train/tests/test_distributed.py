@@ -214,7 +214,9 @@ def test_fsdp_resumes_single_process_checkpoint(single_process, tmp_path, worksp
 
 @pytest.mark.parametrize("strategy", ["dpo", "grpo"])
 def test_fsdp_rejects_strategies_that_copy_the_model(workspace, tmp_path, tiny_config, strategy):
-    config = tiny_config(workspace, tmp_path, strategy=strategy, data_parallel="fsdp", val_dataset=None, nprocs=2)
+    config = tiny_config(
+        workspace, tmp_path, strategy=strategy, data_parallel="fsdp", val_dataset=None, nprocs=2
+    )
     with pytest.raises(ValueError, match=f"strategy '{strategy}' does not support data_parallel='fsdp'"):
         TrainContextBuilder(config)
     config.nprocs = 1  # one process ignores data_parallel
@@ -225,7 +227,9 @@ def test_cli_rejects_fsdp_dpo_before_starting_processes(workspace, tmp_path, tin
     from astrai_train.cli import main
     from click.testing import CliRunner
 
-    config = tiny_config(workspace, tmp_path, strategy="dpo", data_parallel="fsdp", val_dataset=None, nprocs=2)
+    config = tiny_config(
+        workspace, tmp_path, strategy="dpo", data_parallel="fsdp", val_dataset=None, nprocs=2
+    )
     path = tmp_path / "run.json"
     config.save(path)
     result = CliRunner().invoke(main, ["run", str(path)])

@@ -66,12 +66,18 @@ PACKED_MIN_ROWS, PACKED_MIN_WORK = 8, 1 << 22
 
 def _linear(x: torch.Tensor, matrix: _Matrix) -> torch.Tensor:
     """Return ``x @ weight.T``, from whichever layout of ``matrix`` is faster for ``x``."""
+    if matrix.dense is None:
+        return _packed_linear(x, matrix.packed)
     if matrix.packed is not None:
         rows = x.numel() // x.shape[-1]
-        if matrix.dense is None or (rows >= PACKED_MIN_ROWS and rows * matrix.dense.numel() >= PACKED_MIN_WORK):
-            # The op torch.compile runs for packed CPU weights (the "freezing" pass of torch._inductor).
-            return torch.ops.mkldnn._linear_pointwise(x, matrix.packed, None, "none", [], "")
+        if rows >= PACKED_MIN_ROWS and rows * matrix.dense.numel() >= PACKED_MIN_WORK:
+            return _packed_linear(x, matrix.packed)
     return F.linear(x, matrix.dense)
+
+
+def _packed_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    # The op torch.compile runs for packed CPU weights (the "freezing" pass of torch._inductor).
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
 class _Layer(NamedTuple):
@@ -86,7 +92,7 @@ class _Layer(NamedTuple):
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # RMSNorm's arithmetic in one kernel: normalise in float32, scale in the model's dtype.
+    # RMSNorm's arithmetic through F.rms_norm: normalise in float32, scale in the model's dtype.
     return F.rms_norm(x.float(), (x.shape[-1],), None, eps).type_as(x) * weight
 
 
@@ -204,7 +210,8 @@ class FastForward:
                 x = x + self._linear(F.silu(gate) * up, layer.down_proj)
             kv_cache.length += T
             x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
-            return self._linear(_rms_norm(x, model.norm.weight, self.eps), self.lm_head)  # (B, logits_to_keep, V)
+            x = _rms_norm(x, model.norm.weight, self.eps)
+            return self._linear(x, self.lm_head)  # (B, logits_to_keep, V)
 
     def _linear(self, x: torch.Tensor, matrix: _Matrix) -> torch.Tensor:
         if torch.get_num_threads() == self.threads:
@@ -229,7 +236,9 @@ class FastForward:
         q = qk[:, :H]
         small = self.on_cpu and B * H * T * k.shape[2] * D <= SMALL_WORK
         with intra_op_threads(1 if small else self.threads):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=H != K)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=H != K
+            )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
         if layer.gate is not None:
             y = y * torch.sigmoid(self._linear(x, layer.gate))

@@ -96,8 +96,9 @@ def check_no_checkpoints(out_dir: str | Path) -> None:
     """
     steps = sorted(path.name for path in Path(out_dir).glob("step-*") if STEP_DIR.match(path.name))
     if steps:
+        listed = ", ".join(steps[:3]) + (", ..." if len(steps) > 3 else "")
         raise ValueError(
-            f"out_dir {out_dir} already has checkpoints ({', '.join(steps[:3])}{', ...' if len(steps) > 3 else ''}) "
+            f"out_dir {out_dir} already has checkpoints ({listed}) "
             "and starting fresh there would mix the two runs; choose another out_dir (--out-dir) or "
             "delete its step-* folders"
         )
