@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--rows", nargs="*", type=int, default=[1, 2, 8, 256], help="input rows per product")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds; the fastest of each counts")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds; fastest of each counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     policy = os.environ["OMP_WAIT_POLICY"]
