@@ -85,6 +85,11 @@ class _Sampler:
 
     def pick(self, logits: torch.Tensor) -> tuple[torch.Tensor, list | None, list | None]:
         """Return (B,) tokens for (B, V) logits, and their log-probabilities when requested."""
+        # A decoding step's sampling is too small to pay for waking a second thread (see _threads).
+        with one_thread(logits.device.type == "cpu" and logits.numel() <= SMALL_WORK):
+            return self._pick(logits)
+
+    def _pick(self, logits: torch.Tensor) -> tuple[torch.Tensor, list | None, list | None]:
         config = self.config
         raw = logits
         if self.seen is not None:
@@ -156,8 +161,7 @@ def decode_tokens(
     logits = forward(input_ids, position_ids, attention_mask, kv_cache)[:, -1, :vocab_size]  # (B, V)
 
     for step in itertools.count(1):
-        with one_thread(logits.device.type == "cpu" and logits.numel() <= SMALL_WORK):
-            tokens, logprobs, top_logprobs = sampler.pick(logits)  # (B,)
+        tokens, logprobs, top_logprobs = sampler.pick(logits)  # (B,)
         continuing = []  # batch indices of the rows that go on to the next step
         for index, (row, token_id) in enumerate(zip(rows, tokens.tolist())):
             if token_id in stop_ids:

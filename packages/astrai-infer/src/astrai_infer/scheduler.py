@@ -43,7 +43,6 @@ from astrai_core import Tokenizer, Transformer, load_checkpoint
 
 from ._decoding import _module_forward, _Sampler
 from ._fast_forward import FastForward
-from ._threads import SMALL_WORK, one_thread
 from ._stop import StopStringText
 from .config import GenerationConfig
 from .generator import Completion, Prompt, StreamChunk, _resolve_config, encode_prompt
@@ -351,8 +350,7 @@ class Scheduler:
 
     def _emit(self, sequence: _Sequence, logits: torch.Tensor) -> str | None:
         """Sample the sequence's next token from (1, V) logits and send it; return its finish reason."""
-        with one_thread(logits.device.type == "cpu" and logits.numel() <= SMALL_WORK):
-            tokens, logprobs, top_logprobs = sequence.sampler.pick(logits)
+        tokens, logprobs, top_logprobs = sequence.sampler.pick(logits)
         token_id = int(tokens[0])
         if token_id in self._stop_ids:
             return self._finish(sequence, sequence.text.finish(), "stop")

@@ -173,9 +173,10 @@ class TrainConfig:
         _require(isinstance(self.strategy_options, dict), "strategy_options", self.strategy_options, "an object")
         if self.init_from is None:
             # Validate the model description now, not after the data is loaded. The tokenizer
-            # supplies vocab_size at build time, so a stand-in value fills the gap here.
-            spec = self.model if isinstance(self.model, dict) else {}
-            self.model_config(vocab_size=None if "vocab_size" in spec or "preset" in spec else 1)
+            # supplies vocab_size at build time, so fields without a preset may leave it out.
+            spec = self.model if isinstance(self.model, dict) else {"preset": self.model}
+            needs_stand_in = "preset" not in spec and "vocab_size" not in spec
+            self.model_config(vocab_size=1 if needs_stand_in else None)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """Build the ``ModelConfig`` this run trains from scratch, optionally fixing its vocabulary size."""

@@ -152,9 +152,9 @@ class TrainContextBuilder:
                 f"device is {config.device!r} but this PyTorch build has no CUDA device available; "
                 "set device to 'cpu' or install a CUDA build of torch"
             )
-        check_data_parallel(config, processes=config.nprocs)
         self.distributed = init_distributed(self.device)
-        check_data_parallel(config, processes=self.distributed.world_size)  # torchrun sets the count
+        # Spawned runs take the process count from nprocs, torchrun runs from the environment.
+        check_data_parallel(config, processes=max(config.nprocs, self.distributed.world_size))
         self.fully_sharded = config.data_parallel == "fsdp" and self.distributed.enabled
         # Under FSDP the weights stay on the CPU until sharding moves each rank's shard to the device.
         self.weights_device = torch.device("cpu") if self.fully_sharded else self.device

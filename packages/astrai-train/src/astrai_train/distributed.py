@@ -51,8 +51,8 @@ def cpu_threads_per_process(local_processes: int) -> int:
 
     The machine's cores are shared out, at least one each. Left at torch's default, every
     process starts a thread per core, and on 2 cores two DDP processes then trained a tiny model
-    4.7x slower than with one thread each. torchrun shares them out the same way by setting
-    ``OMP_NUM_THREADS=1``.
+    4.7x slower than with one thread each. torchrun avoids the same problem by setting
+    ``OMP_NUM_THREADS=1`` for its processes when it is not set.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, local_processes))
