@@ -1,12 +1,13 @@
 """Compare PyTorch's CPU matrix product with oneDNN's prepacked one, as decoding runs them.
 
-``astrai_infer``'s ``FastForward`` prepacks weights for oneDNN; this script contains the
+``astrai_infer``'s ``FastForward`` prepacks weights for oneDNN, and this script contains the
 measurements behind when it does. For the ``small`` (~7M) and ``medium`` (~50M) presets it builds
-every weight matrix a forward pass uses (per layer: fused q/k/v, attention output, fused gate/up,
-down; then the output head) and times one pass over all of them in order, as a decoding step does,
-so weights stream from memory instead of sitting in the cache. Plain passes use ``F.linear``;
-packed passes use ``torch.ops.mkldnn._linear_pointwise`` with weights packed once. The two
-alternate, and the script prints the plain time over the packed time (above 1: packing is faster).
+every weight matrix a forward pass uses: per layer the fused q/k/v, attention output, fused
+gate/up and down matrices, then the output head. It times one pass over all of them in order, as a
+decoding step does, so weights stream from memory instead of sitting in the cache. Plain passes
+use ``F.linear``, and packed passes use ``torch.ops.mkldnn._linear_pointwise`` with weights packed
+once. The two alternate, and the script prints the plain time over the packed time (above 1:
+packing is faster).
 
     OMP_WAIT_POLICY=PASSIVE python tools/bench/gemm_layouts.py [--dtypes fp32 bf16] [--rows 1 8 256]
 """

@@ -66,7 +66,7 @@ def shard_model(model: Transformer, device: torch.device, world_size: int, dtype
     """Shard ``model`` in place over all ``world_size`` ranks: one FSDP unit per block, plus the root.
 
     ``fully_shard`` moves each unit's parameters to ``device`` just before it shards them and frees
-    the full copy, so during start-up a GPU holds the full weights of one unit at a time.
+    the full copy, so during start-up a GPU stores the full weights of one unit at a time.
     NOTE: this path has not been run on a GPU. CPU runs with gloo are tested.
     """
     if device.type == "cuda":
