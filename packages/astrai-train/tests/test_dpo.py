@@ -1,3 +1,4 @@
+import logging
 import math
 
 import pytest
@@ -71,7 +72,7 @@ def test_invalid_options_are_named(workspace, options, match):
         DPOStrategy(tiny_model(400), **options)
 
 
-def test_dpo_run_prefers_chosen(workspace, tmp_path, tiny_config):
+def test_dpo_run_prefers_chosen(workspace, tmp_path, tiny_config, caplog):
     Trainer(tiny_config(workspace, tmp_path / "sft", max_steps=4, val_dataset=None)).train()
     metrics = []
 
@@ -93,8 +94,11 @@ def test_dpo_run_prefers_chosen(workspace, tmp_path, tiny_config):
     )
     trainer = Trainer(config)
     trainer.callbacks.append(Collect())
-    trainer.train()
+    with caplog.at_level(logging.INFO, logger="astrai_train"):
+        trainer.train()
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    held_out = [record.getMessage() for record in caplog.records if "held-out loss" in record.getMessage()]
+    assert held_out and all(message.endswith(" pairs)") for message in held_out)
     assert metrics[-1]["loss"] < 0.5
     assert metrics[-1]["reward_accuracy"] == 1.0
     assert load_checkpoint(tmp_path / "dpo" / "run" / "final").tokenizer is not None

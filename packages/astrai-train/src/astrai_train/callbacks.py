@@ -131,11 +131,12 @@ class ProgressCallback(TrainCallback):
         languages = sorted(key.removeprefix("val_loss_") for key in metrics if key.startswith("val_loss_"))
         per_language = ", ".join(f"{language} {metrics[f'val_loss_{language}']:.3f}" for language in languages)
         logger.info(
-            "step %d | held-out loss %.3f (%s; %d tokens)",
+            "step %d | held-out loss %.3f (%s; %d %s)",
             metrics["step"],
             metrics["val_loss"],
             per_language,
-            metrics["val_tokens"],
+            metrics["val_tokens"],  # counted in the strategy's loss units, whatever the key says
+            trainer.context.strategy.loss_unit,
         )
 
 

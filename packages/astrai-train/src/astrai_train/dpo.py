@@ -47,6 +47,7 @@ class DPOStrategy(BaseStrategy):
     data_kinds = ("preference",)
     # The frozen reference model is a deep copy of the policy, and FSDP-sharded modules cannot be copied.
     supports_fsdp = False
+    loss_unit = "pairs"
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ class GRPOStrategy(BaseStrategy):
     # The reference model is a deep copy of the policy, and FSDP-sharded modules cannot be copied.
     # Rollouts would also run a different number of forward passes on each rank.
     supports_fsdp = False
+    loss_unit = "prompts"
 
     def __init__(
         self,

@@ -51,10 +51,12 @@ class BaseStrategy:
             (``data_parallel="fsdp"``). A strategy cannot if it copies the model, because FSDP-sharded
             modules raise an error in ``copy.deepcopy``, or if the ranks may run different numbers
             of forward passes, because each forward pass all-gathers weights from every rank.
+        loss_unit: Plural name of what ``loss_weight`` counts, for logs.
     """
 
     data_kinds: tuple[str, ...] = ("text", "chat")
     supports_fsdp: bool = True
+    loss_unit: str = "tokens"
 
     def __init__(
         self, model: nn.Module, device: torch.device | str = "cpu", tokenizer: Tokenizer | None = None, **options
