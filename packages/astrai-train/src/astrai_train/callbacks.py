@@ -135,7 +135,7 @@ class ProgressCallback(TrainCallback):
             metrics["step"],
             metrics["val_loss"],
             per_language,
-            metrics["val_tokens"],  # counted in the strategy's loss units, whatever the key says
+            metrics["val_tokens"],  # counted in the strategy's loss units despite the key name
             trainer.context.strategy.loss_unit,
         )
 
