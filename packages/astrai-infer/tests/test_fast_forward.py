@@ -23,19 +23,26 @@ def make_model(dtype=torch.float32, **overrides) -> Transformer:
     torch.manual_seed(0)
     fields = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, dim_ffn=96, max_len=64)
     fields.update({"tie_embeddings": False, **overrides})
-    return Transformer(ModelConfig(**fields)).eval().to(dtype)
+    model = Transformer(ModelConfig(**fields)).eval()
+    # Norm weights start at 1, which would hide a FastForward that drops or misplaces them.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+    return model.to(dtype)
 
 
+@pytest.mark.parametrize("batch", [1, 2])  # one row takes its own RMSNorm and output-projection paths
 @pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_prefill_and_decode_match_the_model(variant, fuse):
+def test_prefill_and_decode_match_the_model(variant, fuse, batch):
     model = make_model(**VARIANTS[variant])
     fast = FastForward(model, fuse=fuse)
-    tokens = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, 97, (batch, 20), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = model(tokens)["logits"]  # (B, T, V)
-        cache = model.make_kv_cache(2)
-        positions = torch.arange(20).expand(2, 20)
+        cache = model.make_kv_cache(batch)
+        positions = torch.arange(20).expand(batch, 20)
         pieces = [fast(tokens[:, :12], positions[:, :12], None, cache, logits_to_keep=12)]
         for t in range(12, 20):
             pieces.append(fast(tokens[:, t : t + 1], positions[:, t : t + 1], None, cache))
@@ -97,6 +104,7 @@ def test_packed_weights_match_the_model(variant, dtype, tolerance, monkeypatch):
     # Send every float32 product of this small model to the packed layout too.
     monkeypatch.setattr(fast_forward, "PACKED_MIN_WORK", 0)
     monkeypatch.setattr(fast_forward, "PACKED_MIN_ROWS", 2)
+    monkeypatch.setattr(fast_forward, "OUTPUT_PACKED_MIN_ROWS", 2)
     model = make_model(dtype, **VARIANTS[variant])
     packed, plain = FastForward(model), FastForward(model, pack=False)
     assert packed.packed and not plain.packed
@@ -138,3 +146,33 @@ def test_one_thread_restores_thread_count():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_small_products_run_on_one_thread(monkeypatch):
+    # With this limit the tiny model's gate/up matrix (192 x 64 floats, 48 KiB) counts as large and
+    # every other matrix (32 KiB at most) as small.
+    monkeypatch.setattr(fast_forward, "SMALL_MATRIX_BYTES", 32 * 1024)
+    model = make_model()
+    fast = FastForward(model)
+    threads_seen = {}  # matrix rows x columns -> thread counts its products ran on
+
+    def spy(x, matrix):
+        threads_seen.setdefault(matrix.size, set()).add(torch.get_num_threads())
+        return linear(x, matrix)
+
+    linear = fast_forward._linear
+    monkeypatch.setattr(fast_forward, "_linear", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            cache = model.make_kv_cache(1)
+            fast(torch.tensor([[5, 6, 7]]), torch.arange(3)[None], None, cache)
+            threads_seen.clear()  # only the decoding step below: one row per product
+            fast(torch.tensor([[8]]), torch.tensor([[3]]), None, cache)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    gate_up = 2 * 96 * 64
+    assert threads_seen.pop(gate_up) == {2}
+    assert threads_seen and all(seen == {1} for seen in threads_seen.values()), threads_seen

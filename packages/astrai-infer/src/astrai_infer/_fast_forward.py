@@ -14,25 +14,39 @@ fewer of both:
 - A prefill into an empty cache without padding uses SDPA's ``is_causal`` path, not a mask.
 - Prepacked weights on CPU (``pack``): each matrix is also stored in the blocked layout that
   oneDNN's matrix product reads, so no call has to reorder or repack it. bf16 products always
-  use it; float32 products use it only from 8 rows and 4M multiply-adds up (prefill, batched
-  decoding of a larger model), where it won, and PyTorch's own kernel below that, where it lost.
-  The packed matrices are copies and cost the model's weight memory again; float32 keeps the
-  plain ones too. Measured with ``tools/bench/gemm_layouts.py`` on the project's Xeon (AVX-512
-  BF16, AMX), two runs: a pass over the ~50M preset's matrices ran 1.2-1.6x faster packed in
-  bf16, 1.1-1.4x faster in float32 at 8 and 256 rows, and 0.7-0.9x as fast at 1 and 2 rows.
-- Small work runs on one thread (see ``_threads``): attention when it is small, and the
-  elementwise operations of a prefill whose activations are narrow. Matrix products and larger
-  attention keep every thread.
+  use it. float32 products use it from 16 rows (the output projection from 8) and 4M
+  multiply-adds up, and PyTorch's own kernel below that, where decoding ran faster. float32 also
+  keeps the output projection in column-major order for products of one row, the fastest of the
+  three layouts there. The packed and column-major matrices are copies: packing costs the
+  model's weight memory again, plus the output projection once more in float32.
+  ``tools/bench/gemm_layouts.py`` compares the layouts on matrices in isolation; the thresholds
+  come from decoding, where the weights are no longer in the core's own caches.
+- RMSNorm weights folded into the next matrices (float32 with ``fuse``): a norm's weight scales
+  the columns its following product reads, so the fused q/k/v and gate/up copies (and the
+  attention gate's) are made with those columns already scaled, and the norm skips its
+  multiplication. A norm over one row computes its scale as a Python float, two operations
+  fewer than ``F.rms_norm``.
+- One RoPE rotation by ``roll``: the sign of ``cat(-x2, x1)`` is moved into a sine table built
+  once, which is exact, and queries and keys are rotated together.
+- Small work runs on one thread (see ``_threads``): matrix products whose weights are small,
+  attention when it is small, and the elementwise operations of a prefill whose activations
+  are narrow. Larger products and attention keep every thread.
+
+Why these: decoding one token of the ~50M preset in float32 spends ~12 of its ~15 ms streaming
+weights through matrix-vector products, and each remaining operation runs slower than in a
+tight loop because that streaming has evicted the caches (an RMSNorm measured ~45 us there
+against ~9 us in a loop of its own), so removing operations pays more than loop timings suggest.
 
 The arithmetic is the model's own: the same RMSNorm in float32, RoPE tables, grouped-query SDPA
-and SwiGLU, so logits agree with ``Transformer.forward`` to float rounding (fusing only changes
-the order of a few float additions inside the matrix products, and packed products may round
-differently in the last bit). The weights are read when a ``FastForward`` is built; build a
-new one after changing the model's weights.
+and SwiGLU, so logits agree with ``Transformer.forward`` to float rounding (fusing changes the
+order of a few float additions inside the matrix products; packed and column-major products and
+folded norm weights may round differently in the last bit). The weights are read when a
+``FastForward`` is built; build a new one after changing the model's weights.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -40,7 +54,14 @@ import torch.nn.functional as F
 
 from astrai_core import KVCache, Transformer
 
-from ._threads import SMALL_ACTIVATIONS, SMALL_WORK, intra_op_threads, one_thread
+from ._threads import (
+    SMALL_ACTIVATIONS,
+    SMALL_MATRIX_BYTES,
+    SMALL_MATRIX_WORK,
+    SMALL_WORK,
+    intra_op_threads,
+    one_thread,
+)
 
 
 def can_pack(model: Transformer) -> bool:
@@ -58,19 +79,28 @@ class _Matrix(NamedTuple):
 
     dense: torch.Tensor | None  # (out, in)
     packed: torch.Tensor | None  # opaque oneDNN tensor
+    size: int  # elements
+    one_thread_rows: int  # products with at most this many rows run on one CPU thread
+    packed_min_rows: int  # float32 products with fewer rows read ``dense``
+    column_major: torch.Tensor | None = None  # (out, in) stored transposed, for one-row products
 
 
-# A float32 product goes to the packed layout from this many rows and multiply-adds up.
-PACKED_MIN_ROWS, PACKED_MIN_WORK = 8, 1 << 22
+# A float32 product goes to the packed layout from this many rows (a layer's matrices; the output
+# projection from OUTPUT_PACKED_MIN_ROWS) and this many multiply-adds up. Measured by decoding the
+# ~50M preset: at 8 rows the layers ran 3-5% faster from the plain layout and the output projection
+# 10% faster from the packed one.
+PACKED_MIN_ROWS, OUTPUT_PACKED_MIN_ROWS, PACKED_MIN_WORK = 16, 8, 1 << 22
 
 
 def _linear(x: torch.Tensor, matrix: _Matrix) -> torch.Tensor:
     """Return ``x @ weight.T``, from whichever layout of ``matrix`` is faster for ``x``."""
+    if matrix.column_major is not None and x.numel() == x.shape[-1]:
+        return F.linear(x, matrix.column_major)
     if matrix.dense is None:
         return _packed_linear(x, matrix.packed)
     if matrix.packed is not None:
         rows = x.numel() // x.shape[-1]
-        if rows >= PACKED_MIN_ROWS and rows * matrix.dense.numel() >= PACKED_MIN_WORK:
+        if rows >= matrix.packed_min_rows and rows * matrix.size >= PACKED_MIN_WORK:
             return _packed_linear(x, matrix.packed)
     return F.linear(x, matrix.dense)
 
@@ -81,25 +111,36 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
 
 
 class _Layer(NamedTuple):
-    attention_norm: torch.Tensor
+    attention_norm: torch.Tensor | None  # None when folded into qkv and gate
     qkv: tuple[_Matrix, ...]  # one fused (H*D + 2*K*D, C) matrix, or the three separate ones
     qk_norm: torch.Tensor | None  # (H + K, D): q_norm's weight for each query head, then k_norm's
     gate: _Matrix | None  # attention output gate
     o_proj: _Matrix
-    ffn_norm: torch.Tensor
+    ffn_norm: torch.Tensor | None  # None when folded into gate_up
     gate_up: tuple[_Matrix, ...]  # one fused (2*F, C) matrix, or gate and up
     down_proj: _Matrix
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     # RMSNorm's arithmetic through F.rms_norm: normalise in float32, scale in the model's dtype.
+    if weight is None:  # folded into the next matrices, which happens in float32 only
+        if x.numel() == x.shape[-1] and x.device.type == "cpu":
+            # One row (decoding one sequence): its scale as a Python float takes two operations
+            # fewer than F.rms_norm, which saved about 30 us per norm decoding the ~50M preset.
+            flat = x.view(-1)
+            return x * (1.0 / math.sqrt(torch.dot(flat, flat).item() / x.shape[-1] + eps))
+        return F.rms_norm(x, (x.shape[-1],), None, eps)
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), None, eps) * weight  # float32 needs no casts
     return F.rms_norm(x.float(), (x.shape[-1],), None, eps).type_as(x) * weight
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).type_as(x)
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    # The model's x * cos + cat(-x2, x1) * sin, with the minus sign moved into the sine table
+    # (exact: negation only flips a sign bit) so that the rotation is a single roll.
+    rotated = x.roll(x.shape[-1] // 2, dims=-1)
+    y = x * cos + rotated * signed_sin
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def _stack_qk_norm(attention, n_heads: int, n_kv_heads: int) -> torch.Tensor | None:
@@ -135,31 +176,53 @@ class FastForward:
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.on_cpu = model.embed_tokens.weight.device.type == "cpu"
         keep_dense = not pack or model.embed_tokens.weight.dtype == torch.float32
+        # RMSNorm's weight scales its output's columns, which the next matrix product reads: in
+        # float32 it can be folded into that matrix's input columns, saving an operation per norm.
+        # The fused matrices are copies anyway; bf16 keeps the model's order of roundings.
+        fold = fuse and model.embed_tokens.weight.dtype == torch.float32
 
-        def matrix(*weights: torch.Tensor) -> _Matrix:
+        def matrix(
+            *weights: torch.Tensor, norm: torch.Tensor | None = None, packed_min_rows: int = PACKED_MIN_ROWS
+        ) -> _Matrix:
             weight = torch.cat(weights).detach() if len(weights) > 1 else weights[0].detach()
+            if fold and norm is not None:
+                weight = weight * norm.detach()  # (out, in) * (in,)
             # The hint 1 (rows per call) is decoding's; the packed layout serves any row count.
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1) if pack else None
-            return _Matrix(weight if keep_dense else None, packed)
+            one_thread_rows = 0
+            if self.on_cpu and weight.numel() * weight.element_size() <= SMALL_MATRIX_BYTES:
+                one_thread_rows = SMALL_MATRIX_WORK.get(weight.dtype, SMALL_WORK) // weight.numel()
+            dense = weight if keep_dense else None
+            return _Matrix(dense, packed, weight.numel(), one_thread_rows, packed_min_rows)
 
         self.layers = []
         for block in model.layers:
             attention, ffn = block.attention, block.feed_forward
             qkv = (attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight)
             gate_up = (ffn.gate_proj.weight, ffn.up_proj.weight)
+            attention_norm, ffn_norm = block.attention_norm.weight, block.ffn_norm.weight
+            gate = attention.gate_proj
             self.layers.append(
                 _Layer(
-                    attention_norm=block.attention_norm.weight,
-                    qkv=(matrix(*qkv),) if fuse else tuple(map(matrix, qkv)),
+                    attention_norm=None if fold else attention_norm,
+                    qkv=(matrix(*qkv, norm=attention_norm),) if fuse else tuple(map(matrix, qkv)),
                     qk_norm=_stack_qk_norm(attention, self.n_heads, self.n_kv_heads),
-                    gate=matrix(attention.gate_proj.weight) if attention.gate_proj is not None else None,
+                    gate=matrix(gate.weight, norm=attention_norm) if gate is not None else None,
                     o_proj=matrix(attention.o_proj.weight),
-                    ffn_norm=block.ffn_norm.weight,
-                    gate_up=(matrix(*gate_up),) if fuse else tuple(map(matrix, gate_up)),
+                    ffn_norm=None if fold else ffn_norm,
+                    gate_up=(matrix(*gate_up, norm=ffn_norm),) if fuse else tuple(map(matrix, gate_up)),
                     down_proj=matrix(ffn.down_proj.weight),
                 )
             )
-        self.lm_head = matrix(model.lm_head.weight)
+        self.lm_head = matrix(model.lm_head.weight, packed_min_rows=OUTPUT_PACKED_MIN_ROWS)
+        if pack and keep_dense:
+            # float32's output projection (vocabulary x width) also keeps a column-major copy for
+            # products of one row. On the ~50M preset decoding one sequence got 9% faster with it;
+            # from two rows up it was slower than the other layouts.
+            weight = model.lm_head.weight.detach()
+            self.lm_head = self.lm_head._replace(column_major=weight.t().contiguous().t())
+        half = self.head_dim // 2
+        self.signed_sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)
 
     def __call__(
         self,
@@ -188,7 +251,7 @@ class FastForward:
                 "shorten the prompt or lower max_new_tokens"
             )
         cos = model.rope_cos[position_ids].unsqueeze(1)  # (B, 1, T, D)
-        sin = model.rope_sin[position_ids].unsqueeze(1)
+        sin = self.signed_sin[position_ids].unsqueeze(1)
         mask = self._mask(B, T, start, attention_mask, input_ids.device)
         is_causal = mask is None and T > 1  # only an empty cache without padding gets here with T > 1
 
@@ -199,9 +262,11 @@ class FastForward:
         narrow = self.on_cpu and rows * widest > 32768 and rows * self.config.dim <= SMALL_ACTIVATIONS
         with one_thread(narrow):
             x = F.embedding(input_ids, model.embed_tokens.weight)  # (B, T, C)
-            for index, layer in enumerate(self.layers):
+            # One view per layer of the cache, taken once per call rather than once per layer.
+            layer_keys, layer_values = kv_cache.keys.unbind(0), kv_cache.values.unbind(0)
+            for layer, keys, values in zip(self.layers, layer_keys, layer_values):
                 h = _rms_norm(x, layer.attention_norm, self.eps)
-                x = x + self._attention(index, layer, h, cos, sin, mask, is_causal, kv_cache)
+                x = x + self._attention(layer, h, cos, sin, mask, is_causal, keys, values, start)
                 h = _rms_norm(x, layer.ffn_norm, self.eps)
                 if len(layer.gate_up) == 1:
                     gate, up = self._linear(h, layer.gate_up[0]).chunk(2, dim=-1)  # 2 x (B, T, F)
@@ -214,28 +279,30 @@ class FastForward:
             return self._linear(x, self.lm_head)  # (B, logits_to_keep, V)
 
     def _linear(self, x: torch.Tensor, matrix: _Matrix) -> torch.Tensor:
-        # Matrix products take every thread, also inside a one-thread block. The check skips the
-        # context manager on the common path, which runs it 49 times per token for the ~50M preset.
-        if torch.get_num_threads() == self.threads:
+        # Small products run on one thread and the others on every thread, also inside a one-thread
+        # block. The check skips the context manager when the count is already right.
+        threads = 1 if x.numel() // x.shape[-1] <= matrix.one_thread_rows else self.threads
+        if torch.get_num_threads() == threads:
             return _linear(x, matrix)
-        with intra_op_threads(self.threads):
+        with intra_op_threads(threads):
             return _linear(x, matrix)
 
-    def _attention(self, index, layer, x, cos, sin, mask, is_causal, kv_cache) -> torch.Tensor:
+    def _attention(self, layer, x, cos, sin, mask, is_causal, keys, values, start) -> torch.Tensor:
         B, T, C = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         if len(layer.qkv) == 1:
             qkv = self._linear(x, layer.qkv[0])
         else:
             qkv = torch.cat([self._linear(x, weight) for weight in layer.qkv], dim=-1)
-        qkv = qkv.view(B, T, H + 2 * K, D)
         # Queries and keys go through qk-norm and RoPE together: half the kernel launches.
-        qk, v = qkv[:, :, : H + K], qkv[:, :, H + K :]
+        qk, v = qkv.view(B, T, H + 2 * K, D).split([H + K, K], dim=2)
         if layer.qk_norm is not None:
             qk = _rms_norm(qk, layer.qk_norm, self.eps)
-        qk = _rope(qk.transpose(1, 2), cos, sin)  # (B, H + K, T, D)
-        k, v = kv_cache.update(index, qk[:, H:], v.transpose(1, 2))  # (B, K, S, D)
-        q = qk[:, :H]
+        q, k = _rope(qk.transpose(1, 2), cos, sin).split([H, K], dim=1)  # (B, H, T, D), (B, K, T, D)
+        # KVCache.update's writes and reads, on this layer's (B, K, max_len, D) tensors.
+        keys.narrow(2, start, T).copy_(k)
+        values.narrow(2, start, T).copy_(v.transpose(1, 2))
+        k, v = keys.narrow(2, 0, start + T), values.narrow(2, 0, start + T)  # (B, K, S, D)
         small = self.on_cpu and B * H * T * k.shape[2] * D <= SMALL_WORK
         with intra_op_threads(1 if small else self.threads):
             y = F.scaled_dot_product_attention(

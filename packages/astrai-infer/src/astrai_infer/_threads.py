@@ -4,7 +4,8 @@ With ``OMP_WAIT_POLICY=PASSIVE``, which steadies PyTorch on shared machines, Ope
 sleep between parallel regions. Every operation that splits its work across them then pays for
 waking them: about 70 us per call on the project's 2-vCPU Xeon (SDPA of one decoding step took
 80 us on two threads and 9 us on one). Decoding therefore runs such small operations on one
-thread and keeps every thread for the matrix products.
+thread, and also matrix products whose weights are small (see SMALL_MATRIX_BYTES); larger
+products keep every thread.
 
 NOTE: ``torch.set_num_threads`` changes the calling thread's count, and a thread started while a
 block runs inherits the count of one and keeps it (seen with 9 of 200 threads started during
@@ -21,6 +22,15 @@ import torch
 # Below this many multiply-adds, one thread should finish before a sleeping second one wakes.
 # An estimate from the 70 us wake-up above, not a measured crossover.
 SMALL_WORK = 1 << 21
+
+# A matrix product runs on one thread when its weight is at most this many bytes and its
+# multiply-adds (rows x weight elements) are at most SMALL_MATRIX_WORK for its dtype. Such a
+# product mostly streams its weight from cache, and one core does that before the second wakes.
+# NOTE: measured on the machine above, decoding the ~50M preset: batch 1 float32 went from 16.5 to
+# 15.1 ms per token, batch 1 bf16 from 14.6 to 10.0 ms and batch 8 bf16 from 16.3 to 11.9 ms.
+# float32 at batch 8 with every layer product on one thread was 1 ms slower, hence its lower bound.
+SMALL_MATRIX_BYTES = 1 << 22
+SMALL_MATRIX_WORK = {torch.bfloat16: 1 << 24}  # other dtypes: SMALL_WORK
 
 # Activations (batch x tokens x width) up to this many elements get elementwise work on one thread.
 # NOTE: on the machine above this made a 256-token float32 prefill of the ~50M preset 1.14x faster.

@@ -112,7 +112,8 @@ class Generator:
         fuse: With ``fast``, concatenate each layer's q/k/v and gate/up weights into one matrix
             each (fewer, larger matrix products; costs those weights' memory again).
         pack: With ``fast``, also store the weight matrices in oneDNN's packed layout on CPU, for
-            faster bf16 products and faster float32 prefill and batched decoding (costs the
+            faster bf16 products and faster float32 prefill and batched decoding, and in float32
+            a column-major copy of the output projection for decoding one sequence (costs the
             weights' memory again). ``None`` packs where it can; ``True`` raises ``ValueError``
             where it cannot (GPUs, float16).
 
