@@ -176,3 +176,14 @@ def test_small_products_run_on_one_thread(monkeypatch):
     gate_up = 2 * 96 * 64
     assert threads_seen.pop(gate_up) == {2}
     assert threads_seen and all(seen == {1} for seen in threads_seen.values()), threads_seen
+
+
+def test_fast_forward_runs_with_autograd_on():
+    # Callers outside inference mode get logits too (decoding itself runs under inference mode).
+    model = make_model()
+    fast = FastForward(model)
+    cache = model.make_kv_cache(1)
+    logits = fast(torch.tensor([[5, 6, 7]]), torch.arange(3)[None], None, cache)
+    with torch.no_grad():
+        expected = model(torch.tensor([[5, 6, 7]]))["logits"][:, -1:]
+    torch.testing.assert_close(logits.detach(), expected, atol=1e-5, rtol=1e-5)

@@ -40,8 +40,10 @@ against ~9 us in a loop of its own), so removing operations pays more than loop 
 The arithmetic is the model's own: the same RMSNorm in float32, RoPE tables, grouped-query SDPA
 and SwiGLU, so logits agree with ``Transformer.forward`` to float rounding (fusing changes the
 order of a few float additions inside the matrix products; packed and column-major products and
-folded norm weights may round differently in the last bit). The weights are read when a
-``FastForward`` is built; build a new one after changing the model's weights.
+folded norm weights may round differently in the last bit). Most weights are copied when a
+``FastForward`` is built, while the embeddings, the final norm and the RoPE tables are read from
+the model on each call. After changing the model's weights, build a new ``FastForward``: an old one
+mixes old and new weights.
 """
 
 from __future__ import annotations
@@ -262,9 +264,10 @@ class FastForward:
         narrow = self.on_cpu and rows * widest > 32768 and rows * self.config.dim <= SMALL_ACTIVATIONS
         with one_thread(narrow):
             x = F.embedding(input_ids, model.embed_tokens.weight)  # (B, T, C)
-            # One view per layer of the cache, taken once per call rather than once per layer.
-            layer_keys, layer_values = kv_cache.keys.unbind(0), kv_cache.values.unbind(0)
-            for layer, keys, values in zip(self.layers, layer_keys, layer_values):
+            for index, layer in enumerate(self.layers):
+                # This layer's (B, K, max_len, D) cache tensors. Indexing, not unbind, because
+                # autograd rejects in-place writes to views that unbind returns together.
+                keys, values = kv_cache.keys[index], kv_cache.values[index]
                 h = _rms_norm(x, layer.attention_norm, self.eps)
                 x = x + self._attention(layer, h, cos, sin, mask, is_causal, keys, values, start)
                 h = _rms_norm(x, layer.ffn_norm, self.eps)

@@ -7,9 +7,10 @@ waking them: about 70 us per call on the project's 2-vCPU Xeon (SDPA of one deco
 thread, and also matrix products whose weights are small (see SMALL_MATRIX_BYTES); larger
 products keep every thread.
 
-NOTE: ``torch.set_num_threads`` changes the calling thread's count, and a thread started while a
-block runs inherits the count of one and keeps it (seen with 9 of 200 threads started during
-decoding). Start threads that run PyTorch before decoding, or set their count in them.
+NOTE: PyTorch gives a thread the count last set anywhere in the process when the thread first runs
+parallel work, so a thread that starts its PyTorch work while a block runs keeps a count of one.
+Decoding spends most of its time in such blocks: 46-63 of 200 threads started during decoding kept
+one. Start threads that run PyTorch before decoding, or set their count in them.
 """
 
 from __future__ import annotations
