@@ -77,7 +77,7 @@ def can_pack(model: Transformer) -> bool:
 
 
 class _Matrix(NamedTuple):
-    """A weight matrix in PyTorch's layout, oneDNN's packed layout, or both."""
+    """A weight matrix in one or more layouts: PyTorch's, oneDNN's packed one, column-major."""
 
     dense: torch.Tensor | None  # (out, in)
     packed: torch.Tensor | None  # opaque oneDNN tensor
