@@ -74,10 +74,12 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k``/``v`` (B, K, T, D) after the cached positions and return all keys and values."""
-        start, end = self.length, self.length + k.shape[2]
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        start, length = self.length, k.shape[2]
+        # A view of the layer, then narrow: fewer indexing calls than slicing, once per layer per token.
+        keys, values = self.keys[layer], self.values[layer]  # (B, K, max_len, D)
+        keys.narrow(2, start, length).copy_(k)
+        values.narrow(2, start, length).copy_(v)
+        return keys.narrow(2, 0, start + length), values.narrow(2, 0, start + length)
 
     def drop_left(self, count: int) -> None:
         """Remove the first ``count`` positions of every row, shifting the rest to the start.

@@ -83,7 +83,7 @@ class _Matrix(NamedTuple):
     packed: torch.Tensor | None  # opaque oneDNN tensor
     size: int  # elements
     one_thread_rows: int  # products with at most this many rows run on one CPU thread
-    packed_min_rows: int  # float32 products with fewer rows read ``dense``
+    packed_min_rows: int  # float32 products with fewer rows (or under PACKED_MIN_WORK) read ``dense``
     column_major: torch.Tensor | None = None  # (out, in) stored transposed, for one-row products
 
 
@@ -94,14 +94,13 @@ class _Matrix(NamedTuple):
 PACKED_MIN_ROWS, OUTPUT_PACKED_MIN_ROWS, PACKED_MIN_WORK = 16, 8, 1 << 22
 
 
-def _linear(x: torch.Tensor, matrix: _Matrix) -> torch.Tensor:
-    """Return ``x @ weight.T``, from whichever layout of ``matrix`` is faster for ``x``."""
-    if matrix.column_major is not None and x.numel() == x.shape[-1]:
+def _linear(x: torch.Tensor, matrix: _Matrix, rows: int) -> torch.Tensor:
+    """Return ``x @ weight.T``, reading whichever layout of ``matrix`` is faster for ``rows`` rows."""
+    if matrix.column_major is not None and rows == 1:
         return F.linear(x, matrix.column_major)
     if matrix.dense is None:
         return _packed_linear(x, matrix.packed)
     if matrix.packed is not None:
-        rows = x.numel() // x.shape[-1]
         if rows >= matrix.packed_min_rows and rows * matrix.size >= PACKED_MIN_WORK:
             return _packed_linear(x, matrix.packed)
     return F.linear(x, matrix.dense)
@@ -132,8 +131,6 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch
             flat = x.reshape(-1)
             return x * (1.0 / math.sqrt(torch.dot(flat, flat).item() / x.shape[-1] + eps))
         return F.rms_norm(x, (x.shape[-1],), None, eps)
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), None, eps) * weight  # float32 needs no casts
     return F.rms_norm(x.float(), (x.shape[-1],), None, eps).type_as(x) * weight
 
 
@@ -141,8 +138,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     # The model's x * cos + cat(-x2, x1) * sin, with the minus sign moved into the sine table
     # (exact: negation only flips a sign bit) so that the rotation is a single roll.
     rotated = x.roll(x.shape[-1] // 2, dims=-1)
-    y = x * cos + rotated * signed_sin
-    return y if y.dtype == x.dtype else y.to(x.dtype)
+    return (x * cos + rotated * signed_sin).to(x.dtype)
 
 
 def _stack_qk_norm(attention, n_heads: int, n_kv_heads: int) -> torch.Tensor | None:
@@ -180,7 +176,7 @@ class FastForward:
         keep_dense = not pack or model.embed_tokens.weight.dtype == torch.float32
         # RMSNorm's weight scales its output's columns, which the next matrix product reads: in
         # float32 it can be folded into that matrix's input columns, saving an operation per norm.
-        # The fused matrices are copies anyway; bf16 keeps the model's order of roundings.
+        # The fused matrices are copies anyway. bf16 does not fold, so it keeps the model's roundings.
         fold = fuse and model.embed_tokens.weight.dtype == torch.float32
 
         def matrix(
@@ -219,8 +215,8 @@ class FastForward:
         self.lm_head = matrix(model.lm_head.weight, packed_min_rows=OUTPUT_PACKED_MIN_ROWS)
         if pack and keep_dense:
             # float32's output projection (vocabulary x width) also keeps a column-major copy for
-            # products of one row. On the ~50M preset decoding one sequence got 9% faster with it;
-            # from two rows up it was slower than the other layouts.
+            # products of one row. On the ~50M preset decoding one sequence got 9% faster with it.
+            # From two rows up it was slower than the other layouts.
             weight = model.lm_head.weight.detach()
             self.lm_head = self.lm_head._replace(column_major=weight.t().contiguous().t())
         half = self.head_dim // 2
@@ -265,11 +261,8 @@ class FastForward:
         with one_thread(narrow):
             x = F.embedding(input_ids, model.embed_tokens.weight)  # (B, T, C)
             for index, layer in enumerate(self.layers):
-                # This layer's (B, K, max_len, D) cache tensors. Indexing, not unbind, because
-                # autograd rejects in-place writes to views that unbind returns together.
-                keys, values = kv_cache.keys[index], kv_cache.values[index]
                 h = _rms_norm(x, layer.attention_norm, self.eps)
-                x = x + self._attention(layer, h, cos, sin, mask, is_causal, keys, values, start)
+                x = x + self._attention(index, layer, h, cos, sin, mask, is_causal, kv_cache)
                 h = _rms_norm(x, layer.ffn_norm, self.eps)
                 if len(layer.gate_up) == 1:
                     gate, up = self._linear(h, layer.gate_up[0]).chunk(2, dim=-1)  # 2 x (B, T, F)
@@ -284,13 +277,14 @@ class FastForward:
     def _linear(self, x: torch.Tensor, matrix: _Matrix) -> torch.Tensor:
         # Small products run on one thread and the others on every thread, also inside a one-thread
         # block. The check skips the context manager when the count is already right.
-        threads = 1 if x.numel() // x.shape[-1] <= matrix.one_thread_rows else self.threads
+        rows = x.numel() // x.shape[-1]
+        threads = 1 if rows <= matrix.one_thread_rows else self.threads
         if torch.get_num_threads() == threads:
-            return _linear(x, matrix)
+            return _linear(x, matrix, rows)
         with intra_op_threads(threads):
-            return _linear(x, matrix)
+            return _linear(x, matrix, rows)
 
-    def _attention(self, layer, x, cos, sin, mask, is_causal, keys, values, start) -> torch.Tensor:
+    def _attention(self, index, layer, x, cos, sin, mask, is_causal, kv_cache) -> torch.Tensor:
         B, T, C = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         if len(layer.qkv) == 1:
@@ -302,10 +296,7 @@ class FastForward:
         if layer.qk_norm is not None:
             qk = _rms_norm(qk, layer.qk_norm, self.eps)
         q, k = _rope(qk.transpose(1, 2), cos, sin).split([H, K], dim=1)  # (B, H, T, D), (B, K, T, D)
-        # KVCache.update's writes and reads, on this layer's (B, K, max_len, D) tensors.
-        keys.narrow(2, start, T).copy_(k)
-        values.narrow(2, start, T).copy_(v.transpose(1, 2))
-        k, v = keys.narrow(2, 0, start + T), values.narrow(2, 0, start + T)  # (B, K, S, D)
+        k, v = kv_cache.update(index, k, v.transpose(1, 2))  # (B, K, S, D)
         small = self.on_cpu and B * H * T * k.shape[2] * D <= SMALL_WORK
         with intra_op_threads(1 if small else self.threads):
             y = F.scaled_dot_product_attention(

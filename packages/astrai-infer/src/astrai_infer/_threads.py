@@ -9,8 +9,8 @@ products keep every thread.
 
 NOTE: PyTorch gives a thread the count last set anywhere in the process when the thread first runs
 parallel work, so a thread that starts its PyTorch work while a block runs keeps a count of one.
-Decoding spends most of its time in such blocks: 46-63 of 200 threads started during decoding kept
-one. Start threads that run PyTorch before decoding, or set their count in them.
+Decoding spends most of its time at one thread: of 200 threads started while a Scheduler decoded,
+46-63 kept a count of one. Start threads that run PyTorch before decoding, or set their count in them.
 """
 
 from __future__ import annotations
