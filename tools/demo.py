@@ -15,8 +15,8 @@ Steps, each timed and reported:
 9. Generate answers to an English and a Chinese prompt.
 10. Copy the final model to ``runs/demo/model``, which ``flask --app apps/server run`` serves.
 
-The default step counts finish in about 10 minutes on a 2-core machine; ``--quick`` runs a smoke
-test in about a minute.
+The default step counts finish in about 9 minutes on a 2-core machine. ``--quick`` runs a smoke
+test in about a minute and writes to ``runs/demo-quick``, so it leaves a trained model alone.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ COMPLETIONS = ["The Python interpreter", "床前明月光，"]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, help="folder of .txt/.jsonl files to use instead of Debian's docs")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo", help="output folder (default: runs/demo)")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: runs/demo, or runs/demo-quick with --quick)"
+    )
     parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per training window")
     parser.add_argument("--pretrain-steps", type=int, default=600, help="pretraining optimizer steps")
@@ -64,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.pretrain_steps, args.sft_steps, args.dpo_steps, args.grpo_steps = 20, 10, 4, 4
+    if args.out is None:
+        args.out = ROOT / "runs" / ("demo-quick" if args.quick else "demo")
     return args
 
 
@@ -339,7 +343,10 @@ def print_summary(report: dict, model_dir: Path) -> None:
     print(f"  GRPO mean reward (language + format, max 2): first quarter {reward_first:.2f} | last quarter {reward_last:.2f}")
     for sample in report["samples"]:
         print(f"  [{sample['model']}] {sample['prompt']!r} -> {sample['output'].strip()!r}")
-    print(f"  chat model: {model_dir}  (serve it with: flask --app apps/server run)")
+    serve = "flask --app apps/server run"
+    if model_dir.resolve() != (ROOT / "runs" / "demo" / "model").resolve():
+        serve = f"ASTRAI_CHECKPOINT={model_dir} {serve}"  # the server's default is runs/demo/model
+    print(f"  chat model: {model_dir}  (serve it with: {serve})")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .trainer import Trainer
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="astrai-train")
 def main() -> None:
-    """Train AstrAI models: pretraining (seq) and supervised fine-tuning (sft)."""
+    """Train AstrAI models: pretraining (seq), supervised fine-tuning (sft), DPO and GRPO."""
 
 
 @main.command()
